@@ -1,0 +1,64 @@
+"""Test harness: a real ComfyUI (dev/host.py) in-process and as a live server, plus tiny models.
+
+Fixtures:
+- ``pack``: this repository imported as the package ``self_cascade`` (as ComfyUI imports it).
+- ``tiny_model`` / ``tiny_sdxl_model``: real ModelPatcher over a small seeded UNetModel.
+- ``comfy_server`` (session): a live ComfyUI server with the pack in custom_nodes, on a free
+  loopback port; stopped (by its PID) at the end. ``client``: a ComfyClient for it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "dev"))
+sys.path.insert(0, str(REPO / "workflows" / "api"))
+
+import hostenv  # noqa: E402
+
+hostenv.prepare_in_process()
+
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The pack imported as ``self_cascade`` (fails the test loudly if it does not import)."""
+    return hostenv.load_pack()
+
+
+@pytest.fixture
+def tiny_model():
+    import tiny_models
+
+    return tiny_models.tiny_sd15(seed=0)
+
+
+@pytest.fixture
+def tiny_sdxl_model():
+    import tiny_models
+
+    return tiny_models.tiny_sdxl(seed=0)
+
+
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    server = hostenv.start_server(base)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def client(comfy_server):
+    from comfy_client import ComfyClient
+
+    return ComfyClient(comfy_server.url, timeout=60)

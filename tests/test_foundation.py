@@ -1,0 +1,121 @@
+"""The pack installs and runs like any ComfyUI custom node, on a real ComfyUI host."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_core_imports_without_comfyui():
+    """`upsampler/` is pure torch: it imports in a fresh interpreter with no ComfyUI on the path."""
+    code = ("import sys; sys.path.insert(0, %r); import upsampler, upsampler.pivot, upsampler.stages; "
+            "assert not [m for m in sys.modules if m == 'comfy' or m.startswith('comfy.')], 'core imported comfy'"
+            % str(REPO))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def test_pack_root_imports_outside_comfyui():
+    """Importing the pack's root package with no comfy_api available must not fail."""
+    code = ("import importlib.util, sys; "
+            "spec = importlib.util.spec_from_file_location('sc', %r, submodule_search_locations=[%r]); "
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            "assert not hasattr(m, 'comfy_entrypoint')" % (str(REPO / "__init__.py"), str(REPO)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def test_entrypoint_lists_v3_nodes_with_prefix_and_tooltips(pack):
+    import asyncio
+
+    ext = asyncio.run(pack.comfy_entrypoint())
+    nodes = asyncio.run(ext.get_node_list())
+    assert nodes, "the extension lists no nodes"
+    assert not hasattr(pack, "NODE_CLASS_MAPPINGS"), "V1 mappings would make ComfyUI ignore the entry point"
+    for node in nodes:
+        schema = node.define_schema()
+        assert schema.node_id.startswith("SelfCascade"), schema.node_id
+        assert schema.category.startswith("sampling/self_cascade")
+        for inp in schema.inputs:
+            assert inp.tooltip, f"{schema.node_id}.{inp.id} has no tooltip"
+
+
+def test_model_folder_registered(pack):
+    import folder_paths
+
+    from self_cascade.nodes.common import MODEL_FOLDER
+
+    paths, exts = folder_paths.folder_names_and_paths[MODEL_FOLDER]
+    assert any(Path(p).name == "self_cascade" and Path(p).parent == Path(folder_paths.models_dir) for p in paths)
+    assert exts == {".safetensors"}
+
+
+def test_pyproject_and_requirements_agree():
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    deps = sorted(d.replace(" ", "") for d in meta["project"]["dependencies"])
+    reqs = sorted(line.replace(" ", "") for line in (REPO / "requirements.txt").read_text().splitlines()
+                  if line.strip() and not line.startswith("#"))
+    assert deps == reqs
+    assert not any(r.lower().startswith("torch") for r in reqs), "never install torch from requirements.txt"
+    comfy = meta["tool"]["comfy"]
+    for key in ("PublisherId", "DisplayName", "Icon", "requires-comfyui"):
+        assert comfy.get(key), key
+
+
+def test_requirements_leave_torch_alone(tmp_path):
+    """`pip install -r requirements.txt` in the host venv keeps torch's version unchanged."""
+    before = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                            capture_output=True, text=True, check=True).stdout
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "-q",
+                           "-r", str(REPO / "requirements.txt")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__)"],
+                           capture_output=True, text=True, check=True).stdout
+    assert before == after
+
+
+def test_server_lists_every_node_with_category_and_tooltips(pack, comfy_server, client):
+    import asyncio
+
+    log = comfy_server.log()
+    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "self_cascade" in l), log[-3000:]
+    info = client.object_info()
+    nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
+    for node in nodes:
+        nid = node.define_schema().node_id
+        assert nid in info, f"{nid} missing from /object_info; server log:\n{log[-3000:]}"
+        entry = info[nid]
+        assert entry["category"].startswith("sampling/self_cascade")
+        for section in ("required", "optional"):
+            for name, spec in entry["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{nid}.{name} has no tooltip in /object_info"
+
+
+def test_prompt_through_server_uses_pack_node(comfy_server, client):
+    prompt = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 96, "batch_size": 2}},
+        "2": {"class_type": "SelfCascadePivotUpsample",
+              "inputs": {"latent": ["1", 0], "scale": 2.0, "upscale_method": "bicubic", "width": 0, "height": 0}},
+        "3": {"class_type": "SaveLatent", "inputs": {"samples": ["2", 0], "filename_prefix": "foundation"}},
+    }
+    entry = client.run(prompt, timeout=120)
+    files = entry["outputs"]["3"]["latents"]
+    assert files and files[0]["filename"].endswith(".latent")
+    import safetensors.torch
+
+    path = comfy_server.base_dir / "output" / files[0]["subfolder"] / files[0]["filename"]
+    t = safetensors.torch.load_file(str(path))["latent_tensor"]
+    assert tuple(t.shape) == (2, 4, 24, 16)
+
+
+def test_rejected_prompt_is_reported(client):
+    from comfy_client import PromptRejected
+
+    bad = {"1": {"class_type": "SelfCascadePivotUpsample", "inputs": {"scale": 2.0}},
+           "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "x"}}}
+    with pytest.raises(PromptRejected) as exc:
+        client.queue(bad)
+    assert "latent" in str(exc.value)
