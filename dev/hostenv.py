@@ -111,6 +111,13 @@ class ServerProcess:
             self._log.close()
 
 
+def pack_import_failures(log: str, pack_dir_name: str = PACK_NAME) -> list[str]:
+    """Lines of a ComfyUI log that report a failed import of the pack (ComfyUI only logs these)."""
+    marker = f"custom_nodes/{pack_dir_name}"
+    return [line for line in log.splitlines()
+            if marker in line.replace("\\", "/") and ("IMPORT FAILED" in line or "Cannot import" in line)]
+
+
 def start_server(base_dir: Path, port: int | None = None, with_pack: bool = True,
                  timeout: float = 120.0, extra_args: list[str] | None = None) -> ServerProcess:
     """Start a real ComfyUI server on loopback with this repo installed in its custom_nodes.

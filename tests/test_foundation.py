@@ -80,8 +80,10 @@ def test_requirements_leave_torch_alone(tmp_path):
 def test_server_lists_every_node_with_category_and_tooltips(pack, comfy_server, client):
     import asyncio
 
+    import hostenv
+
     log = comfy_server.log()
-    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if "self_cascade" in l), log[-3000:]
+    assert not hostenv.pack_import_failures(log), log[-3000:]
     info = client.object_info()
     nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
     for node in nodes:
@@ -119,3 +121,18 @@ def test_rejected_prompt_is_reported(client):
     with pytest.raises(PromptRejected) as exc:
         client.queue(bad)
     assert "latent" in str(exc.value)
+
+
+def test_broken_pack_is_detected(tmp_path):
+    """The import-failure check really fires: a pack whose import raises is caught from the log."""
+    import hostenv
+
+    broken = tmp_path / "custom_nodes" / "self_cascade"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('deliberately broken for the test')\n")
+    server = hostenv.start_server(tmp_path, with_pack=False)
+    try:
+        failures = hostenv.pack_import_failures(server.log())
+    finally:
+        server.stop()
+    assert failures, server.log()[-3000:]
