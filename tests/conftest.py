@@ -62,3 +62,24 @@ def client(comfy_server):
     from comfy_client import ComfyClient
 
     return ComfyClient(comfy_server.url, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_file(tmp_path_factory):
+    """A seeded random-weight SD1.5-shaped checkpoint (.safetensors, ~440 MB fp16), built once per session."""
+    import tiny_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny_ckpt") / tiny_checkpoint.FILENAME
+    tiny_checkpoint.build_tiny_sd15_checkpoint(path, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(comfy_server, tiny_checkpoint_file):
+    """The tiny checkpoint placed (symlinked) in the live server's models/checkpoints/; returns its name."""
+    folder = comfy_server.base_dir / "models" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / tiny_checkpoint_file.name
+    if not link.exists():
+        link.symlink_to(tiny_checkpoint_file)
+    return tiny_checkpoint_file.name
