@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import pivot
+from . import pivot, renoise, stage, upsamplers
 
 #: Modules that contribute nodes, in menu order.
-NODE_MODULES = (pivot,)
+NODE_MODULES = (pivot, renoise, stage, upsamplers)
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:

@@ -1,10 +1,13 @@
 """Scale decomposition: how many cascade stages reach a target size, and each stage's size.
 
 The paper (Sec. 3.1) uses R = ceil(log4(target_pixels / base_pixels)) stages, each at most 4x
-the pixels (2x per side) of the previous one, e.g. 512 -> 1024 -> 2048. For targets that are
-not a power of 4 away, the stages share the remaining factor evenly in log space, so 512 ->
-1536 is two stages of sqrt(3) per side (about 887 then 1536), never one larger than 4x pixels.
-Every stage size is a multiple of ``multiple`` pixels (8 for SD-family VAEs).
+the pixels (2x per side) of the previous one, e.g. 512 -> 1024 -> 2048. Every stage but the
+last is a full paper stage (4x the pixels, the step K = 700 was chosen for); the last stage
+takes the remainder, so 512 -> 1536 is two stages of unequal scale: 512 -> 1024 (x2 per side)
+-> 1536 (x1.5). For a target whose aspect ratio differs from the base, each side grows in
+proportion to its own log factor, so every full stage still multiplies the pixels by 4.
+Intermediate sizes are rounded down to a multiple of ``multiple`` pixels (8 for SD-family
+VAEs; never below the previous stage), the last stage is exactly the target.
 """
 from __future__ import annotations
 
@@ -22,15 +25,16 @@ def num_stages(base_pixels: int, target_pixels: int) -> int:
     return max(1, math.ceil(math.log(ratio, 4) - 1e-9))
 
 
-def _round_to(value: float, multiple: int) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+def _floor_to(value: float, multiple: int) -> int:
+    """``value`` rounded down to a multiple (tolerating float noise such as 1023.9999)."""
+    return max(multiple, int(math.floor(value / multiple + 1e-6)) * multiple)
 
 
 def plan_stages(base: tuple[int, int], target: tuple[int, int], multiple: int = 8) -> list[tuple[int, int]]:
     """Sizes ``(width, height)`` of each cascade stage after the base, ending exactly at ``target``.
 
-    The width and height factors are split geometrically over R stages, so each stage
-    multiplies the pixel count by the same amount (at most 4x).
+    Every stage but the last multiplies the pixels by 4 (up to rounding down to ``multiple``);
+    the last one ends exactly at ``target`` with the remaining factor (at most 4x).
     """
     bw, bh = base
     tw, th = target
@@ -41,11 +45,15 @@ def plan_stages(base: tuple[int, int], target: tuple[int, int], multiple: int = 
         raise ValueError(f"target {tw}x{th} is smaller than the base {bw}x{bh} on one side; "
                          "Self-Cascade only goes up in size")
     r = num_stages(bw * bh, tw * th)
-    sizes = []
+    log_ratio = math.log((tw * th) / (bw * bh)) if r else 1.0
+    sizes: list[tuple[int, int]] = []
+    prev = (bw, bh)
     for i in range(1, r + 1):
         if i == r:
             sizes.append((tw, th))
-        else:
-            f = i / r
-            sizes.append((_round_to(bw * (tw / bw) ** f, multiple), _round_to(bh * (th / bh) ** f, multiple)))
+            break
+        f = min(1.0, i * math.log(4.0) / log_ratio)  # share of the log factor done after stage i
+        size = (_floor_to(bw * (tw / bw) ** f, multiple), _floor_to(bh * (th / bh) ** f, multiple))
+        prev = (max(prev[0], size[0]), max(prev[1], size[1]))
+        sizes.append(prev)
     return sizes

@@ -1,0 +1,197 @@
+"""SelfCascadeStage: one whole cascade stage (pivot upsample, Eq. 6 renoise to K, denoise K -> 0).
+
+Also SelfCascadeStagePlan, the scale decomposition helper (``upsampler.stages.plan_stages``).
+"""
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ..upsampler.pivot import UPSCALE_METHODS
+from ..upsampler.renoise import DEFAULT_K, per_sample_noise
+from ..upsampler.stages import plan_stages
+from .common import CATEGORY, SelfCascadeError, Upsamplers
+from .pivot import PIVOT_KEY, pivot_size, upsample_pivot
+from .renoise import (
+    K_TOOLTIP,
+    SEED_TOOLTIP,
+    STEPS_TOOLTIP,
+    batch_index_of,
+    cascade_sigmas,
+    check_choice,
+    check_k_input,
+    check_steps,
+    model_latent,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _validate(model, latent: dict, *, scale, upscale_method, steps, sampler_name, scheduler, K, strength,
+              end_timestep, width, height):
+    """Every input check of a stage, before any work. Returns the model-checked samples."""
+    import comfy.samplers
+
+    samples = model_latent(model, latent)
+    check_choice(upscale_method, list(UPSCALE_METHODS), "upscale_method")
+    check_choice(sampler_name, comfy.samplers.SAMPLER_NAMES, "sampler_name")
+    check_choice(scheduler, comfy.samplers.SCHEDULER_NAMES, "scheduler")
+    check_k_input(K)
+    check_steps(steps)
+    if not (width or height) and float(scale) < 1.0:
+        raise SelfCascadeError(f"'scale' = {scale} would shrink the image; Self-Cascade goes up in size. "
+                               "Use a scale >= 1 (2.0 = the paper's stage, 4x the pixels).")
+    if float(strength) < 0.0:
+        raise SelfCascadeError(f"'strength' = {strength} is negative; use 0 (off) to 1 (as trained) or more.")
+    if not (0.0 <= float(end_timestep) < 1000.0):
+        raise SelfCascadeError(f"'end_timestep' = {end_timestep} must lie in [0, 1000) (paper: 100).")
+    pivot_size(samples, scale, width, height)  # raises on sizes that are not multiples of 8 or shrink
+    return samples
+
+
+def cascade_stage(model, positive, negative, latent: dict, *, scale: float, upscale_method: str, seed: int,
+                  steps: int, cfg: float, sampler_name: str, scheduler: str, K: float, upsamplers=None,
+                  strength: float = 1.0, end_timestep: float = 100.0, width: int = 0, height: int = 0,
+                  disable_pbar: bool = False) -> dict:
+    """The whole stage as the node runs it; returns the new LATENT dict. Mutates neither model nor latent.
+
+    pivot = up(z0_prev); z_K = Eq. 6 at sigma_K (ComfyUI's own ``noise_scaling`` at sigmas[0]);
+    then the sampler denoises over the schedule's part from K to 0.
+    """
+    import comfy.sample
+    import comfy.samplers
+    import latent_preview
+
+    samples = _validate(model, latent, scale=scale, upscale_method=upscale_method, steps=steps,
+                        sampler_name=sampler_name, scheduler=scheduler, K=K, strength=strength,
+                        end_timestep=end_timestep, width=width, height=height)
+    prev = dict(latent)
+    prev["samples"] = samples
+    pivot = upsample_pivot(prev, scale, upscale_method, width, height)
+    pivot_latent = pivot["samples"]
+    sigma_k, sigmas = cascade_sigmas(model, K, steps, scheduler)
+    noise = per_sample_noise(pivot_latent.shape, seed, batch_index_of(latent, pivot_latent.shape[0]),
+                             dtype=pivot_latent.dtype)
+    if upsamplers is not None:
+        from .patch import apply_upsamplers  # the tuned version (engineer B's module)
+
+        model = apply_upsamplers(model, upsamplers, samples, strength, end_timestep)
+    logger.info("Self-Cascade stage: %s -> %s, K=%g (sigma %.4f), %d of %d steps executed",
+                tuple(samples.shape[-2:]), tuple(pivot_latent.shape[-2:]), K, sigma_k, len(sigmas) - 1, steps)
+    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+    out_samples = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas,
+                                             positive, negative, pivot_latent, callback=callback,
+                                             disable_pbar=disable_pbar, seed=seed)
+    out = {key: v for key, v in pivot.items() if key not in ("samples", PIVOT_KEY)}
+    out["samples"] = out_samples
+    return out
+
+
+class SelfCascadeStage(io.ComfyNode):
+    """The next cascade stage in one node: put it after any KSampler (twice for 512 -> 1024 -> 2048)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="SelfCascadeStage",
+            display_name="Self-Cascade Stage",
+            category=CATEGORY,
+            description="One Self-Cascade stage (tuning-free, Eq. 6): upsample the previous result (the pivot), "
+                        "diffuse it to step K and denoise K -> 0 at the new size with the same model. Chain it "
+                        "after a KSampler; twice gives 512 -> 1024 -> 2048. Connect upsamplers for the tuned version.",
+            inputs=[
+                io.Model.Input("model", tooltip="The same model as the base stage (any family: eps, v, flow)."),
+                io.Conditioning.Input("positive", tooltip="Positive conditioning (as for the base stage)."),
+                io.Conditioning.Input("negative", tooltip="Negative conditioning (as for the base stage)."),
+                io.Latent.Input("latent", tooltip="The finished latent of the previous stage (KSampler or Stage output)."),
+                io.Float.Input("scale", default=2.0, min=1.0, max=8.0, step=0.01,
+                               tooltip="Factor per side (2.0 = 4x the pixels, the paper's stage). "
+                                       "Use Self-Cascade Stage Plan for other targets."),
+                io.Combo.Input("upscale_method", options=list(UPSCALE_METHODS), default="bicubic",
+                               tooltip="Pivot upsampling: bicubic (official code), bilinear (paper), nearest-exact, area."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip=SEED_TOOLTIP),
+                io.Int.Input("steps", default=50, min=1, max=10000, tooltip=STEPS_TOOLTIP),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale (as in KSampler)."),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.SAMPLER_NAMES), default="euler",
+                               tooltip="Sampler for the steps from K to 0 (as in KSampler)."),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
+                               tooltip="Scheduler of the whole schedule; the stage runs its part from K to 0."),
+                io.Float.Input("K", default=DEFAULT_K, min=1.0, max=999.0, step=1.0, tooltip=K_TOOLTIP),
+                Upsamplers.Input("upsamplers", optional=True,
+                                 tooltip="Optional trained time-aware feature upsamplers (tuned version, "
+                                         "Self-Cascade Upsampler Loader). Leave empty for the tuning-free stage."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.01, optional=True,
+                               tooltip="Tuned version only: weight of the upsampled pivot features (1 = as trained)."),
+                io.Float.Input("end_timestep", default=100.0, min=0.0, max=999.0, step=1.0, optional=True,
+                               tooltip="Tuned version only: upsamplers act while the timestep is above this "
+                                       "(paper: 100); the last steps run the plain model."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The stage's finished latent at the new size.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, scale, upscale_method, seed, steps, cfg, sampler_name,
+                scheduler, K, upsamplers=None, strength=1.0, end_timestep=100.0) -> io.NodeOutput:
+        import comfy.utils
+
+        return io.NodeOutput(cascade_stage(
+            model, positive, negative, latent, scale=scale, upscale_method=upscale_method, seed=seed, steps=steps,
+            cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, K=K, upsamplers=upsamplers, strength=strength,
+            end_timestep=end_timestep, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED))
+
+
+def describe_plan(base: tuple[int, int], target: tuple[int, int]) -> tuple[str, list[tuple[int, int]]]:
+    """Human-readable plan ``512x768 -> 1024x1536 (x2.00) -> ...`` and the per-stage sizes."""
+    try:
+        sizes = plan_stages(base, target)
+    except ValueError as e:
+        raise SelfCascadeError(f"Stage plan: {e}. Use sizes that are multiples of 8 with the target not smaller "
+                               "than the base.") from None
+    parts = [f"{base[0]}x{base[1]}"]
+    prev = base
+    for w, h in sizes:
+        parts.append(f"{w}x{h} (x{w / prev[0]:.2f} by x{h / prev[1]:.2f})")
+        prev = (w, h)
+    return " -> ".join(parts) + f"  [{len(sizes)} stage{'s' if len(sizes) != 1 else ''}]", sizes
+
+
+class SelfCascadeStagePlan(io.ComfyNode):
+    """Scale decomposition: R = ceil(log4(target/base)) stages, each <= 4x pixels."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        size = dict(min=8, max=16384, step=8)
+        return io.Schema(
+            node_id="SelfCascadeStagePlan",
+            display_name="Self-Cascade Stage Plan",
+            category=f"{CATEGORY}/utils",
+            description="How many Self-Cascade stages reach a target size and each stage's size: "
+                        "R = ceil(log4(target pixels / base pixels)); every stage but the last is 4x the pixels "
+                        "(x2 per side), the last takes the rest (e.g. 512 -> 1024 -> 1536).",
+            inputs=[
+                io.Int.Input("base_width", default=512, tooltip="Width of the base generation in pixels (multiple of 8).", **size),
+                io.Int.Input("base_height", default=512, tooltip="Height of the base generation in pixels (multiple of 8).", **size),
+                io.Int.Input("target_width", default=2048, tooltip="Final width in pixels (multiple of 8).", **size),
+                io.Int.Input("target_height", default=2048, tooltip="Final height in pixels (multiple of 8).", **size),
+            ],
+            outputs=[
+                io.String.Output(display_name="plan", tooltip="The stages as text: size and per-side factor of each."),
+                io.Int.Output(display_name="stages", tooltip="Number of Self-Cascade Stage nodes to chain (R)."),
+                io.Int.Output(display_name="first_width", tooltip="Width of the first stage (its scale input is first_width/base_width)."),
+                io.Int.Output(display_name="first_height", tooltip="Height of the first stage."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, base_width, base_height, target_width, target_height) -> io.NodeOutput:
+        text, sizes = describe_plan((base_width, base_height), (target_width, target_height))
+        first = sizes[0] if sizes else (base_width, base_height)
+        return io.NodeOutput(text, len(sizes), first[0], first[1])
+
+
+NODES = (SelfCascadeStage, SelfCascadeStagePlan)
