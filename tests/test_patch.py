@@ -1,0 +1,152 @@
+"""The tuned patch (nodes/patch.py) on tiny real SD1-style and SDXL-style ComfyUI models.
+
+The expectation of acceptance (1) is computed independently of the patch: the unpatched model's
+own features of the pivot are captured with a plain capturing patch, nearest-upsampled, and added
+with plain ComfyUI block patches in a second unpatched run.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tiny_models
+
+
+@pytest.fixture(scope="module")
+def mods(pack):
+    from self_cascade.nodes import patch
+    from self_cascade.upsampler import modules, taps
+
+    return patch, modules, taps
+
+
+def fresh_set(model, mods, variant="official"):
+    patch, modules, taps = mods
+    unet = model.get_model_object("diffusion_model")
+    return modules.UpsamplerSet.create(taps.derive_taps(unet), taps.emb_dim(unet), patch.model_family(model), variant)
+
+
+def run_unet(model, x, t, context, y=None, opts=None, n_chunks=1):
+    """The diffusion model call as ComfyUI makes it, with the patcher's wrappers in transformer_options."""
+    import comfy.patcher_extension
+
+    to = comfy.patcher_extension.copy_nested_dicts(model.model_options.get("transformer_options", {}))
+    if opts:
+        for k, v in opts.items():
+            to.setdefault("patches", {}).setdefault(k, []).extend(v)
+    to["cond_or_uncond"] = list(range(n_chunks))
+    comfy.patcher_extension.merge_nested_dicts(to.setdefault("wrappers", {}), model.wrappers, copy_dict1=False)
+    unet = model.get_model_object("diffusion_model")
+    with torch.no_grad():
+        return unet(x, timesteps=t, context=context, y=y, transformer_options=to)
+
+
+def inputs(sdxl: bool, batch: int, h: int, w: int, t: float = 500.0, n_chunks: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    n = batch * n_chunks
+    x = torch.randn(n, 4, h, w, generator=g)
+    ctx = torch.randn(n, 8, tiny_models.CONTEXT_DIM, generator=g)
+    y = torch.randn(n, 2816, generator=g) if sdxl else None
+    pivot = torch.randn(batch, 4, (h + 1) // 2, (w + 1) // 2, generator=g)
+    return x, torch.full((n,), t), ctx, y, pivot
+
+
+def expected_output(model, uset, x, t, ctx, y, pivot, strength, n_chunks=1):
+    """Independent maths: capture the frozen model's pivot features, nearest x2, add them."""
+    taps = uset.taps
+    scaled = model.model.process_latent_in(pivot).repeat(n_chunks, 1, 1, 1)
+    got = {}
+
+    def cap_in(h, o):
+        got[o["block"]] = h.clone()
+        return h
+
+    def cap_mid(h, hsp, o):
+        if o["block"] == ("output", 0):
+            got[("middle", 0)] = h.clone()
+        return h, hsp
+
+    run_unet(model, scaled, t, ctx, y, {"input_block_patch_after_skip": [cap_in], "output_block_patch": [cap_mid]})
+    adds = {tp.block: strength * F.interpolate(got[tp.block], scale_factor=2.0, mode="nearest") for tp in taps}
+
+    def add_in(h, o):
+        a = adds.get(o["block"])
+        return h + a if a is not None else h
+
+    def add_mid(h, hsp, o):
+        if o["block"] == ("output", 0):
+            h = h + adds[("middle", 0)]
+        return h, hsp
+
+    return run_unet(model, x, t, ctx, y, {"input_block_patch_after_skip": [add_in], "output_block_patch": [add_mid]})
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("batch,n_chunks", [(1, 1), (2, 2)])
+def test_fresh_set_adds_exactly_the_upsampled_pivot_features(mods, family, batch, n_chunks):
+    patch, _, _ = mods
+    model = tiny_models.tiny_sdxl(0) if family == "sdxl" else tiny_models.tiny_sd15(0)
+    uset = fresh_set(model, mods)
+    x, t, ctx, y, pivot = inputs(family == "sdxl", batch, 8, 12, n_chunks=n_chunks)
+    plain = run_unet(model, x, t, ctx, y, n_chunks=n_chunks)
+    patched = run_unet(patch.apply_upsamplers(model, uset, pivot, 1.5, 100.0), x, t, ctx, y, n_chunks=n_chunks)
+    want = expected_output(model, uset, x, t, ctx, y, pivot, 1.5, n_chunks)
+    assert (patched - plain).abs().max() > 1e-3  # the patch does something
+    torch.testing.assert_close(patched, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_strength_zero_and_end_timestep_are_bit_identical(mods, family):
+    patch, _, _ = mods
+    model = tiny_models.tiny_sdxl(0) if family == "sdxl" else tiny_models.tiny_sd15(0)
+    uset = fresh_set(model, mods)
+    x, t, ctx, y, pivot = inputs(family == "sdxl", 1, 8, 8)
+    plain = run_unet(model, x, t, ctx, y)
+    assert torch.equal(run_unet(patch.apply_upsamplers(model, uset, pivot, 0.0, 100.0), x, t, ctx, y), plain)
+    off = patch.apply_upsamplers(model, uset, pivot, 1.0, 500.0)  # t == end: off (strict >), no crash
+    assert torch.equal(run_unet(off, x, t, ctx, y), plain)
+    x2, t2, ctx2, y2, _ = inputs(family == "sdxl", 1, 8, 8, t=100.0)
+    assert torch.equal(run_unet(patch.apply_upsamplers(model, uset, pivot, 1.0, 100.0), x2, t2, ctx2, y2),
+                       run_unet(model, x2, t2, ctx2, y2))
+    on = run_unet(patch.apply_upsamplers(model, uset, pivot, 1.0, 499.0), x, t, ctx, y)
+    assert not torch.equal(on, plain)
+
+
+def test_clone_never_mutates_input_and_twice_replaces(mods):
+    import comfy.patcher_extension
+
+    patch, _, _ = mods
+    model = tiny_models.tiny_sd15(0)
+    uset = fresh_set(model, mods)
+    x, t, ctx, y, pivot = inputs(False, 1, 8, 8)
+    kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
+    once = patch.apply_upsamplers(model, uset, pivot, 1.0, 100.0)
+    assert model.get_wrappers(kind, "self_cascade") == []
+    twice = patch.apply_upsamplers(once, uset, pivot, 0.5, 100.0)
+    assert len(twice.get_wrappers(kind, "self_cascade")) == 1
+    direct = patch.apply_upsamplers(model, uset, pivot, 0.5, 100.0)
+    assert torch.equal(run_unet(twice, x, t, ctx, y), run_unet(direct, x, t, ctx, y))
+
+
+@pytest.mark.parametrize("family,expected", [
+    ("sd15", [(("input", 2), 32, 2), (("input", 3), 64, 2), (("middle", 0), 64, 2)]),
+    ("sdxl", [(("input", 2), 32, 2), (("input", 3), 64, 2), (("middle", 0), 64, 2)]),
+])
+def test_called_at_taps_with_right_shapes(mods, family, expected):
+    """Odd non-square size, batch 2, CFG chunks: every tap is hit once per call with h's shape."""
+    patch, modules, _ = mods
+    model = tiny_models.tiny_sdxl(0) if family == "sdxl" else tiny_models.tiny_sd15(0)
+    uset = fresh_set(model, mods)
+    assert [(tp.block, tp.channels, tp.downscale) for tp in uset.taps] == expected
+    seen = []
+    for i, up in enumerate(uset.ups):
+        up.register_forward_hook(lambda m, a, out, i=i: seen.append((uset.taps[i].block, tuple(a[0].shape),
+                                                                      tuple(a[1].shape), tuple(out.shape))))
+    x, t, ctx, y, pivot = inputs(family == "sdxl", 2, 9, 14, n_chunks=2)
+    run_unet(patch.apply_upsamplers(model, uset, pivot, 1.0, 100.0), x, t, ctx, y, n_chunks=2)
+    # x 9x14 -> pivot 5x7 -> taps /2: 3x4 -> x2 6x8 (fitted to h's 5x7 by the patch)
+    assert [s[0] for s in seen] == [tp.block for tp in uset.taps]
+    for block, fin, emb, out in seen:
+        ch = dict((b, c) for b, c, _ in expected)[block]
+        assert fin == (4, ch, 3, 4) and emb == (4, 128) and out == (4, ch, 6, 8)
