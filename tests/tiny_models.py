@@ -73,6 +73,17 @@ def tiny_sd21v(seed: int = 0, **over):
                     model_type=comfy.model_base.ModelType.V_PREDICTION)
 
 
+def tiny_flow(seed: int = 0, shift: float = 3.0, **over):
+    """A flow-matching (CONST, ModelSamplingDiscreteFlow as SD3) model over the same tiny UNet, with ``shift``."""
+    import comfy.model_base
+    import comfy.supported_models
+
+    patcher = _patcher(comfy.supported_models.SD15, _unet_config(**over), seed,
+                       model_type=comfy.model_base.ModelType.FLOW)
+    patcher.model.model_sampling.set_parameters(shift=shift)
+    return patcher
+
+
 def tiny_sdxl(seed: int = 0, **over):
     """An SDXL-style model: label_emb over SDXL's 2816-wide ADM vector (pooled text + sizes)."""
     import comfy.supported_models
