@@ -3,7 +3,8 @@
 ComfyUI detects SD1.x from the UNet keys alone (model_channels 320, context_dim 768 read from
 the first input transformer's attn2.to_k, conv proj_in, no label_emb, in_channels 4); depth,
 channel_mult and block counts are read from the keys, not checked. So the UNet here is stripped
-down (one level, one res block, one transformer, no middle block, ~13.6 M parameters). The text
+down (one level, one res block, one transformer, a middle block of one res block: ~16 M
+parameters; the middle block is there because the tuned upsamplers tap it, as in every real UNet). The text
 encoder (CLIP-L, 12 layers) and the VAE (SD's KL-f8: ``ch_mult`` is fixed by ComfyUI unless the
 x4-upscaler layout is detected) are full size, because ComfyUI builds them from fixed configs and
 leaves any weight missing from the file uninitialised. All weights are random (seeded), stored
@@ -25,7 +26,7 @@ FILENAME = "tiny_sd15.safetensors"
 UNET_CONFIG = dict(
     image_size=32, in_channels=4, out_channels=4, model_channels=320,
     num_res_blocks=[1], channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1],
-    transformer_depth_middle=-2, context_dim=768, num_heads=8, num_head_channels=-1,
+    transformer_depth_middle=-1, context_dim=768, num_heads=8, num_head_channels=-1,
     use_linear_in_transformer=False, use_spatial_transformer=True, legacy=False, adm_in_channels=None,
 )
 VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,

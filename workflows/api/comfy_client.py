@@ -107,6 +107,26 @@ class ComfyClient:
         """Queue and wait; returns the history entry."""
         return self.wait(self.queue(prompt), timeout=timeout)
 
+    def queue_state(self, prompt_id: str) -> str:
+        """'running', 'pending (N ahead)' or 'done/unknown' for ``prompt_id``, from ``GET /queue``."""
+        q = self._request("/queue")
+        if any(item[1] == prompt_id for item in q.get("queue_running", [])):
+            return "running"
+        pending = sorted(q.get("queue_pending", []), key=lambda item: item[0])
+        for ahead, item in enumerate(pending):
+            if item[1] == prompt_id:
+                return f"pending ({ahead + len(q.get('queue_running', []))} ahead)"
+        return "finishing"
+
+    @staticmethod
+    def output_images(entry: dict) -> list[dict]:
+        """The images a finished prompt saved ({'filename', 'subfolder', 'type', 'node'}), in node order."""
+        found = []
+        for node_id, out in sorted(entry.get("outputs", {}).items(), key=lambda kv: (len(kv[0]), kv[0])):
+            for img in out.get("images", []):
+                found.append({**img, "node": node_id})
+        return found
+
     def view(self, filename: str, subfolder: str = "", folder_type: str = "output") -> bytes:
         q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
         try:

@@ -1,0 +1,146 @@
+"""The shipped workflows: UI and API twins describe the same graph, valid for the live server,
+and every API workflow runs on the real server with a test-built SD1.5-shaped checkpoint."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+WF = REPO / "workflows"
+sys.path.insert(0, str(WF))
+
+import graph  # noqa: E402
+import queue_workflow  # noqa: E402
+
+SHIPPED = ("sd15_cascade_2048", "sd15_cascade_2048_upsamplers", "sdxl_cascade_4096", "train_upsamplers",
+           "composable_pivot_renoise")
+UPSAMPLER_FILE = "tiny_sd15_upsamplers.safetensors"
+
+
+@pytest.fixture(scope="module")
+def info(client, tiny_checkpoint, upsampler_file):
+    return client.object_info()
+
+
+@pytest.fixture(scope="module")
+def upsampler_file(pack, comfy_server, tiny_checkpoint_file):
+    """A fresh (seeded) upsampler set for the tiny checkpoint's UNet, saved with the pack's own format."""
+    import comfy.sd
+    import torch
+    from self_cascade.nodes import patch
+    from self_cascade.upsampler import fileformat, modules, taps
+
+    model = comfy.sd.load_checkpoint_guess_config(str(tiny_checkpoint_file), output_vae=False, output_clip=False)[0]
+    unet = model.get_model_object("diffusion_model")
+    torch.manual_seed(0)
+    uset = modules.UpsamplerSet.create(taps.derive_taps(unet), taps.emb_dim(unet), patch.model_family(model), "official")
+    folder = comfy_server.base_dir / "models" / "self_cascade"
+    folder.mkdir(parents=True, exist_ok=True)
+    fileformat.save_upsamplers(str(folder / UPSAMPLER_FILE), uset)
+    return UPSAMPLER_FILE
+
+
+def _ui(name):
+    return json.loads((WF / f"{name}.json").read_text())
+
+
+def _api(name):
+    return json.loads((WF / "api" / f"{name}.json").read_text())
+
+
+def test_every_shipped_workflow_has_ui_api_and_thumbnail():
+    for name in SHIPPED:
+        for path in (WF / f"{name}.json", WF / "api" / f"{name}.json", WF / f"{name}.jpg"):
+            assert path.is_file(), f"missing {path.relative_to(REPO)}"
+    assert sorted(p.stem for p in WF.glob("*.json")) == sorted(SHIPPED)
+
+
+def _check_api_against_info(prompt: dict, info: dict) -> None:
+    """Every node type, input name (both ways: no unknown, no required missing), combo value and link."""
+    for nid, node in prompt.items():
+        ct = node["class_type"]
+        assert ct in info, f"{nid}: {ct} not in /object_info"
+        specs = {name: (spec, opt) for name, spec, opt in graph.input_specs(info, ct)}
+        assert set(node["inputs"]) <= set(specs), f"{nid} {ct}: unknown inputs {set(node['inputs']) - set(specs)}"
+        for name, (spec, optional) in specs.items():
+            assert optional or name in node["inputs"], f"{nid} {ct}: required input {name} missing"
+            if name not in node["inputs"]:
+                continue
+            v = node["inputs"][name]
+            if isinstance(v, list):  # a link
+                src = prompt[v[0]]
+                out_type = info[src["class_type"]]["output"][v[1]]
+                assert out_type == spec[0], f"{nid} {ct}.{name}: link from {src['class_type']} gives {out_type}"
+            else:
+                assert graph.is_widget(spec), f"{nid} {ct}.{name}: a value for a socket input"
+                options = spec[0] if isinstance(spec[0], list) else spec[1].get("options")
+                if options is not None and not graph._dynamic_combo(name):
+                    assert v in options, f"{nid} {ct}.{name}={v!r} not in {options[:8]}"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_ui_and_api_twins_describe_the_same_valid_graph(info, name):
+    if not (WF / f"{name}.json").is_file():
+        pytest.fail(f"workflows/{name}.json missing (run workflows/build.py once its nodes exist)")
+    ui, api = _ui(name), _api(name)
+    assert ui["version"] == 0.4 and ui["groups"], name
+    notes = [n for n in ui["nodes"] if n["type"] == "Note"]
+    assert notes and all(len(n["widgets_values"][0]) > 80 for n in notes), "each workflow explains its knobs"
+    assert graph.ui_to_api(ui, info) == api
+    _check_api_against_info(api, info)
+    # every UI link is consistent with both endpoints' slot lists
+    by_id = {n["id"]: n for n in ui["nodes"]}
+    for lid, src, sslot, dst, dslot, typ in ui["links"]:
+        assert lid in by_id[src]["outputs"][sslot]["links"]
+        assert by_id[dst]["inputs"][dslot]["link"] == lid and by_id[dst]["inputs"][dslot]["type"] == typ
+
+
+def test_converter_catches_drift(info):
+    """The check can fail: a renamed input, a wrong widget count and a bad combo value are reported."""
+    ui = _ui("sd15_cascade_2048")
+    stage = next(n for n in ui["nodes"] if n["type"] == "SelfCascadeStage")
+    stage["widgets_values"].append(1)
+    with pytest.raises(ValueError, match="left over"):
+        graph.ui_to_api(ui, info)
+    stage["widgets_values"].pop()
+    stage["widgets_values"][1] = "no_such_method"
+    with pytest.raises(ValueError, match="not one of"):
+        graph.ui_to_api(ui, info)
+    ui = _ui("sd15_cascade_2048")
+    next(n for n in ui["nodes"] if n["type"] == "KSampler")["inputs"][0]["name"] = "modle"
+    with pytest.raises(KeyError, match="modle"):
+        graph.ui_to_api(ui, info)
+    api = _api("sd15_cascade_2048")
+    assert graph.ui_to_api(_ui("sd15_cascade_2048_upsamplers"), info) != api
+
+
+def small_args(ckpt: str, upsampler: str | None = None, seed: int = 3, **over) -> argparse.Namespace:
+    args = queue_workflow.parser().parse_args(["x", "--checkpoint", ckpt, "--width", "64", "--height", "64",
+                                               "--steps", "4", "--seed", str(seed), "--prompt", "a small test"])
+    args.upsampler = upsampler
+    for k, v in over.items():
+        setattr(args, k, v)
+    return args
+
+
+RUNNABLE = ("sd15_cascade_2048", "sd15_cascade_2048_upsamplers", "composable_pivot_renoise")
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_api_workflow_runs_on_real_server(comfy_server, client, info, tiny_checkpoint, upsampler_file, name):
+    from PIL import Image
+
+    prompt = _api(name)
+    has_ups = any(n["class_type"] == "SelfCascadeUpsamplerLoader" for n in prompt.values())
+    queue_workflow.apply_overrides(prompt, small_args(tiny_checkpoint, upsampler_file if has_ups else None))
+    queue_workflow.check_against_server(prompt, info)
+    entry = client.run(prompt, timeout=600)
+    images = client.output_images(entry)
+    assert len(images) == 1, entry["outputs"]
+    img = Image.open(comfy_server.base_dir / "output" / images[0]["subfolder"] / images[0]["filename"])
+    expected = 256 if name.startswith("sd15") else 128  # 64 -> 128 -> 256 (two stages) or one stage
+    assert img.size == (expected, expected)

@@ -1,0 +1,210 @@
+"""Generate the shipped workflows (UI format in workflows/, API twins in workflows/api/) from one
+description each, so the two formats cannot drift. Run by hand after a node's inputs change:
+
+    .host/venv/bin/python workflows/build.py            # starts a real server for /object_info
+    .host/venv/bin/python workflows/build.py --object-info info.json
+
+Widget order comes from the live server's /object_info. A graph whose node types the server does
+not list is skipped with a warning (its files are left as they are). Thumbnails: thumbnails.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from graph import Graph, out, to_api, to_ui  # noqa: E402
+
+SD15_CKPT = "v1-5-pruned-emaonly.safetensors"
+SDXL_CKPT = "sd_xl_base_1.0.safetensors"
+POSITIVE = "a photograph of a lighthouse on a rocky coast at sunset, dramatic clouds, highly detailed, sharp focus"
+NEGATIVE = "blurry, lowres, watermark, text, deformed"
+SEED = 42
+
+NOTE_CASCADE = """Self-Cascade, tuning-free: the base KSampler makes the {base} image; each Self-Cascade Stage
+upsamples the previous result (the pivot), re-noises it to step K and denoises only the remaining steps
+at 2x the size: {sizes}.
+
+Knobs (Stage):
+- K (700): how far the pivot is re-noised. Higher = more freedom (new detail, risk of repeats);
+  lower = stays closer to the pivot (softer). 600-800 is the useful range.
+- steps: the whole schedule; the stage runs only the part below K (about K/1000 of it).
+- seed: noise for the re-noising; cfg / sampler / scheduler as in KSampler.
+- scale: 2.0 per stage (4x the pixels). Use SelfCascadeStagePlan for other target sizes.
+Decode is tiled so {final} px fits in memory."""
+
+NOTE_UPSAMPLERS = """Tuned cascade: trained time-aware feature upsamplers inject the pivot's UNet features into the
+high-resolution sample. Put the .safetensors in ComfyUI/models/self_cascade/ and pick it in
+'Load Upsamplers' (train one with the training workflow).
+- strength (1.0): how strongly the pivot features are added; 0 = tuning-free.
+- end_timestep (100): the injection stops below this timestep so the last steps add fine detail freely."""
+
+NOTE_SDXL = """SDXL 1024 -> 2048 -> 4096 with the official Self-Cascade upsamplers.
+Convert the official .pth once (no download at run time):
+  python scripts/convert_official_upsamplers.py path/to/official.pth ComfyUI/models/self_cascade/sdxl_official.safetensors
+Size conditioning: CLIPTextEncodeSDXL width/height and target_width/target_height stay at the BASE size
+(1024): SDXL was trained there, every stage reuses the same conditioning; crop_w/crop_h = 0."""
+
+NOTE_COMPOSABLE = """Composable form of one Self-Cascade stage, for power users:
+Pivot Upsample (x2) -> Renoise (diffuse the pivot to step K; outputs the noised latent and the remaining
+SIGMAS) -> SamplerCustomAdvanced with DisableNoise (the noise is already in the latent), any guider and
+sampler. Chain the block again for the next stage. Add SelfCascadeApplyUpsamplers on the model (pivot =
+the Pivot Upsample output) for the tuned variant."""
+
+NOTE_TRAIN = """Train Self-Cascade upsamplers from a folder of high-resolution images (base model frozen).
+Put the images (and optional same-name .txt captions) in ComfyUI/input/<folder>/ and name the folder.
+The result is saved into ComfyUI/models/self_cascade/<save_name> and appears in 'Load Upsamplers'.
+A few hundred steps on a handful of images already help; the loss curve shows progress."""
+
+
+def _base(g: Graph, ckpt: str, size: int, steps: int = 30, cfg: float = 7.5, sdxl: bool = False):
+    ck = g.add("CheckpointLoaderSimple", "Load Checkpoint", 0, 0, ckpt_name=ckpt)
+    if sdxl:
+        sz = dict(width=size, height=size, crop_w=0, crop_h=0, target_width=size, target_height=size)
+        pos = g.add("CLIPTextEncodeSDXL", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text_g=POSITIVE,
+                    text_l=POSITIVE, **sz)
+        neg = g.add("CLIPTextEncodeSDXL", "Negative Prompt", 1, 12, 400, clip=out(ck, 1), text_g=NEGATIVE,
+                    text_l=NEGATIVE, **sz)
+    else:
+        pos = g.add("CLIPTextEncode", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text=POSITIVE)
+        neg = g.add("CLIPTextEncode", "Negative Prompt", 1, 6, 400, clip=out(ck, 1), text=NEGATIVE)
+    lat = g.add("EmptyLatentImage", "Base Latent", 0, 5, width=size, height=size, batch_size=1)
+    ks = g.add("KSampler", "Base Sampler", 2.2, 0, model=out(ck, 0), positive=out(pos), negative=out(neg),
+               latent_image=out(lat), seed=SEED, steps=steps, cfg=cfg, sampler_name="euler", scheduler="normal",
+               denoise=1.0)
+    g.group(f"Base {size}px", [ck, pos, neg, lat, ks])
+    return ck, pos, neg, ks
+
+
+def _stages(g: Graph, ck, pos, neg, latent, sizes: list[int], ups=None, steps: int = 30, cfg: float = 7.5):
+    prev = latent
+    for i, size in enumerate(sizes):
+        extra = {"upsamplers": out(ups)} if ups is not None else {}
+        prev = g.add("SelfCascadeStage", f"Stage {i + 1}: {size}px", 3.3 + i * 1.0, 0, model=out(ck, 0),
+                     positive=out(pos), negative=out(neg), latent=out(prev), scale=2.0, upscale_method="bicubic",
+                     seed=SEED + 1 + i, steps=steps, cfg=cfg, sampler_name="euler", scheduler="normal", K=700.0,
+                     strength=1.0, end_timestep=100.0, **extra)
+    return prev
+
+
+def _finish(g: Graph, latent, vae_src, prefix: str, col: float, members: list):
+    dec = g.add("VAEDecodeTiled", "Decode (tiled)", col, 0, samples=out(latent), vae=out(vae_src, 2),
+                tile_size=512, overlap=64, temporal_size=64, temporal_overlap=8)
+    save = g.add("SaveImage", "Save", col, 8, 400, images=out(dec), filename_prefix=prefix)
+    g.group("Self-Cascade stages", members)
+    g.group("Decode and save", [dec, save], "#8a8")
+    return save
+
+
+def sd15_cascade_2048(upsamplers: bool = False) -> Graph:
+    g = Graph("sd15_cascade_2048_upsamplers" if upsamplers else "sd15_cascade_2048")
+    ck, pos, neg, ks = _base(g, SD15_CKPT, 512)
+    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 3.3, 12,
+                upsampler_name="sd15_upsamplers.safetensors") if upsamplers else None
+    last = _stages(g, ck, pos, neg, ks, [1024, 2048], ups)
+    stages = [n for n in g.nodes if n.type == "SelfCascadeStage"] + ([ups] if ups else [])
+    _finish(g, last, ck, f"self_cascade/{g.name}", 5.4, stages)
+    g.note(NOTE_CASCADE.format(base="512", sizes="512 -> 1024 -> 2048", final="2048"), 0, 16, 700, 330)
+    if upsamplers:
+        g.note(NOTE_UPSAMPLERS, 3.3, 17, 700, 200)
+    return g
+
+
+def sdxl_cascade_4096() -> Graph:
+    g = Graph("sdxl_cascade_4096")
+    ck, pos, neg, ks = _base(g, SDXL_CKPT, 1024, steps=30, cfg=7.0, sdxl=True)
+    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 3.3, 12, upsampler_name="sdxl_official.safetensors")
+    last = _stages(g, ck, pos, neg, ks, [2048, 4096], ups, cfg=7.0)
+    stages = [n for n in g.nodes if n.type == "SelfCascadeStage"] + [ups]
+    _finish(g, last, ck, "self_cascade/sdxl_cascade_4096", 5.4, stages)
+    g.note(NOTE_CASCADE.format(base="1024", sizes="1024 -> 2048 -> 4096", final="4096"), 0, 24, 700, 330)
+    g.note(NOTE_SDXL, 3.3, 17, 700, 230)
+    return g
+
+
+def composable_pivot_renoise() -> Graph:
+    g = Graph("composable_pivot_renoise")
+    ck, pos, neg, ks = _base(g, SD15_CKPT, 512)
+    piv = g.add("SelfCascadePivotUpsample", "Pivot Upsample (x2)", 3.3, 0, latent=out(ks), scale=2.0,
+                upscale_method="bicubic", width=0, height=0)
+    ren = g.add("SelfCascadeRenoise", "Renoise to K", 3.3, 8, model=out(ck, 0), latent=out(piv), K=700.0,
+                noise_seed=SEED + 1, steps=30, scheduler="normal")
+    noise = g.add("DisableNoise", "No Extra Noise", 4.3, 0)
+    guider = g.add("CFGGuider", "Guider", 4.3, 3, model=out(ck, 0), positive=out(pos), negative=out(neg), cfg=7.5)
+    sampler = g.add("KSamplerSelect", "Sampler", 4.3, 9, sampler_name="euler")
+    adv = g.add("SamplerCustomAdvanced", "Stage 1: 1024px", 5.3, 0, noise=out(noise), guider=out(guider),
+                sampler=out(sampler), sigmas=out(ren, 1), latent_image=out(ren, 0))
+    _finish(g, adv, ck, "self_cascade/composable_pivot_renoise", 6.4, [piv, ren, noise, guider, sampler, adv])
+    g.note(NOTE_COMPOSABLE, 0, 16, 700, 230)
+    return g
+
+
+def train_upsamplers() -> Graph:
+    g = Graph("train_upsamplers")
+    ck = g.add("CheckpointLoaderSimple", "Load Checkpoint", 0, 0, ckpt_name=SD15_CKPT)
+    pos = g.add("CLIPTextEncode", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text="a high resolution photograph")
+    tr = g.add("SelfCascadeTrainUpsamplers", "Train Upsamplers", 2.2, 0, 360, model=out(ck, 0), vae=out(ck, 2),
+               positive=out(pos), folder="self_cascade_train", save_name="sd15_upsamplers.safetensors")
+    prev = g.add("PreviewImage", "Loss Curve", 3.3, 0, 400, images=out(tr, 1))
+    g.group("Training", [ck, pos, tr, prev])
+    g.note(NOTE_TRAIN, 0, 12, 700, 180)
+    return g
+
+
+GRAPHS = {
+    "sd15_cascade_2048": lambda: sd15_cascade_2048(False),
+    "sd15_cascade_2048_upsamplers": lambda: sd15_cascade_2048(True),
+    "sdxl_cascade_4096": sdxl_cascade_4096,
+    "train_upsamplers": train_upsamplers,
+    "composable_pivot_renoise": composable_pivot_renoise,
+}
+
+
+def live_object_info() -> dict:
+    sys.path.insert(0, str(HERE.parent / "dev"))
+    sys.path.insert(0, str(HERE / "api"))
+    import hostenv
+    from comfy_client import ComfyClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = hostenv.start_server(Path(tmp))
+        try:
+            return ComfyClient(server.url, timeout=120).object_info()
+        finally:
+            server.stop()
+
+
+def build(info: dict, only: list[str] | None = None) -> list[str]:
+    written = []
+    for name, make in GRAPHS.items():
+        if only and name not in only:
+            continue
+        g = make()
+        try:
+            api, ui = to_api(g, info), to_ui(g, info)
+        except KeyError as e:
+            print(f"skipped {name}: {e}", file=sys.stderr)
+            continue
+        (HERE / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
+        (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
+        written.append(name)
+    return written
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--object-info", help="a saved /object_info JSON instead of starting a server")
+    ap.add_argument("--only", nargs="*", help="graph names to write")
+    args = ap.parse_args()
+    info = json.loads(Path(args.object_info).read_text()) if args.object_info else live_object_info()
+    written = build(info, args.only)
+    print("wrote: " + ", ".join(written))
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

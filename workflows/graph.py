@@ -1,0 +1,246 @@
+"""One graph description -> ComfyUI's two workflow formats (UI 0.4 and API), plus the reverse check.
+
+``Graph`` holds nodes (type, title, values by input name, links) and groups/notes. With a live
+server's ``/object_info`` it writes:
+
+- the API format ``{id: {"inputs", "class_type", "_meta": {"title"}}}`` (inputs in the node's
+  /object_info order), and
+- the UI format the frontend saves (``nodes`` with id/type/pos/size/inputs/outputs/
+  widgets_values, ``links`` as ``[id, from, from_slot, to, to_slot, type]``, ``groups``,
+  version 0.4). ``widgets_values`` follow the /object_info input order (required, then
+  optional); an INT with ``control_after_generate`` is followed by its control value ("fixed"),
+  as the frontend stores it.
+
+``ui_to_api`` converts a UI workflow back the way the frontend does (Note nodes dropped), so a
+test can show the two files describe the same graph. Standard library only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+NOTE_TYPES = ("Note", "MarkdownNote")
+COL_W, ROW_H = 360, 40  # layout grid: x per column, y per row unit
+
+
+@dataclass(frozen=True)
+class Out:
+    """Output ``slot`` of node ``node`` (what a link starts from)."""
+
+    node: int
+    slot: int
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    title: str
+    values: dict
+    col: float
+    row: float
+    width: int = 320
+
+
+@dataclass
+class Graph:
+    name: str
+    nodes: list[Node] = field(default_factory=list)
+    notes: list[tuple[int, str, float, float, int, int]] = field(default_factory=list)  # id, text, col, row, w, h
+    groups: list[tuple[str, list[int], str]] = field(default_factory=list)  # title, member ids, colour
+
+    def _next_id(self) -> int:
+        return 1 + max([n.id for n in self.nodes] + [n[0] for n in self.notes] + [0])
+
+    def add(self, type_: str, title: str, col: float, row: float, node_w: int = 320, **values) -> Node:
+        node = Node(self._next_id(), type_, title, values, col, row, node_w)
+        self.nodes.append(node)
+        return node
+
+    def note(self, text: str, col: float, row: float, width: int = 320, height: int = 160) -> int:
+        nid = self._next_id()
+        self.notes.append((nid, text, col, row, width, height))
+        return nid
+
+    def group(self, title: str, members: list, color: str = "#3f789e") -> None:
+        self.groups.append((title, [m if isinstance(m, int) else m.id for m in members], color))
+
+
+def out(node: Node, slot: int = 0) -> Out:
+    return Out(node.id, slot)
+
+
+def input_specs(info: dict, type_: str) -> list[tuple[str, list, bool]]:
+    """(name, spec, optional) of a node's inputs, in /object_info order (required, then optional)."""
+    entry = info[type_]["input"]
+    order = info[type_].get("input_order") or {s: list(entry.get(s, {})) for s in ("required", "optional")}
+    return [(name, entry[s][name], s == "optional") for s in ("required", "optional") for name in order.get(s, [])]
+
+
+def is_widget(spec: list) -> bool:
+    kind = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
+
+
+def has_control(spec: list) -> bool:
+    return len(spec) > 1 and isinstance(spec[1], dict) and bool(spec[1].get("control_after_generate"))
+
+
+def _check_node(info: dict, node: Node) -> None:
+    if node.type not in info:
+        raise KeyError(f"{node.type} is not in /object_info (is the pack installed and up to date?)")
+    names = {name for name, _, _ in input_specs(info, node.type)}
+    unknown = set(node.values) - names
+    if unknown:
+        raise KeyError(f"{node.type} ({node.title}): no input(s) {sorted(unknown)}; it has {sorted(names)}")
+
+
+def to_api(graph: Graph, info: dict) -> dict:
+    prompt = {}
+    for node in graph.nodes:
+        _check_node(info, node)
+        inputs = {}
+        for name, spec, optional in input_specs(info, node.type):
+            if name not in node.values:
+                if not optional and is_widget(spec) and "default" in (spec[1] if len(spec) > 1 else {}):
+                    inputs[name] = spec[1]["default"]
+                continue
+            v = node.values[name]
+            inputs[name] = [str(v.node), v.slot] if isinstance(v, Out) else v
+        prompt[str(node.id)] = {"inputs": inputs, "class_type": node.type, "_meta": {"title": node.title}}
+    return prompt
+
+
+def _height(n_sockets: int, n_widgets: int) -> int:
+    return 46 + 22 * n_sockets + 26 * n_widgets
+
+
+def to_ui(graph: Graph, info: dict, extra_notes_color: str = "#432") -> dict:
+    api = to_api(graph, info)
+    by_id = {n.id: n for n in graph.nodes}
+    links, ui_nodes, boxes = [], [], {}
+    out_links: dict[tuple[int, int], list[int]] = {}
+    for node in graph.nodes:  # links, in node then input order
+        for name, _spec, _ in input_specs(info, node.type):
+            v = node.values.get(name)
+            if isinstance(v, Out):
+                src = by_id[v.node]
+                typ = info[src.type]["output"][v.slot]
+                link_id = len(links) + 1
+                links.append([link_id, v.node, v.slot, node.id, None, typ, name])
+                out_links.setdefault((v.node, v.slot), []).append(link_id)
+    order = {nid: i for i, nid in enumerate(_topo_order(graph))}
+    for node in graph.nodes:
+        inputs, widgets = [], []
+        for name, spec, _ in input_specs(info, node.type):
+            v = api[str(node.id)]["inputs"].get(name)
+            if is_widget(spec):
+                widgets.append(v if v is not None else (spec[1].get("default") if len(spec) > 1 else None))
+                if has_control(spec):
+                    widgets.append("fixed")
+                continue
+            link = next((link for link in links if link[3] == node.id and link[6] == name), None)
+            if link is not None:
+                link[4] = len(inputs)
+            inputs.append({"name": name, "type": spec[0], "link": link[0] if link else None})
+        entry = info[node.type]
+        outputs = [{"name": oname, "type": otype, "links": out_links.get((node.id, i), []), "slot_index": i}
+                   for i, (oname, otype) in enumerate(zip(entry["output_name"], entry["output"], strict=True))]
+        size = [node.width, _height(max(len(inputs), len(outputs)), len(widgets))]
+        pos = [40 + node.col * COL_W, 60 + node.row * ROW_H]
+        boxes[node.id] = (pos, size)
+        ui_nodes.append({"id": node.id, "type": node.type, "pos": pos, "size": size, "flags": {},
+                         "order": order[node.id], "mode": 0, "inputs": inputs, "outputs": outputs,
+                         "title": node.title, "properties": {"Node name for S&R": node.type},
+                         "widgets_values": widgets})
+    for nid, text, col, row, w, h in graph.notes:
+        pos, size = [40 + col * COL_W, 60 + row * ROW_H], [w, h]
+        boxes[nid] = (pos, size)
+        ui_nodes.append({"id": nid, "type": "Note", "pos": pos, "size": size, "flags": {},
+                         "order": len(graph.nodes) + len(ui_nodes), "mode": 0, "inputs": [], "outputs": [],
+                         "title": "Note", "properties": {}, "widgets_values": [text],
+                         "color": extra_notes_color, "bgcolor": "#653"})
+    groups = []
+    for title, members, color in graph.groups:
+        x0 = min(boxes[m][0][0] for m in members) - 20
+        y0 = min(boxes[m][0][1] for m in members) - 60
+        x1 = max(boxes[m][0][0] + boxes[m][1][0] for m in members) + 20
+        y1 = max(boxes[m][0][1] + boxes[m][1][1] for m in members) + 20
+        groups.append({"title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": color, "font_size": 24})
+    ui_nodes.sort(key=lambda n: n["id"])
+    return {"last_node_id": max(n["id"] for n in ui_nodes), "last_link_id": len(links),
+            "nodes": ui_nodes, "links": [link[:6] for link in links], "groups": groups, "config": {},
+            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def _topo_order(graph: Graph) -> list[int]:
+    deps = {n.id: {v.node for v in n.values.values() if isinstance(v, Out)} for n in graph.nodes}
+    done: list[int] = []
+    while len(done) < len(deps):
+        ready = sorted(nid for nid, d in deps.items() if nid not in done and d <= set(done))
+        if not ready:
+            raise ValueError(f"{graph.name}: the graph has a cycle")
+        done.extend(ready)
+    return done
+
+
+def ui_to_api(ui: dict, info: dict) -> dict:
+    """Convert a UI-format workflow to API format as the frontend does (Note nodes dropped).
+
+    Raises KeyError/ValueError on anything that does not fit /object_info: unknown node types,
+    sockets that are not inputs of the node, widget counts that do not match, bad combo values,
+    links between mismatched types.
+    """
+    links = {link[0]: link for link in ui["links"]}
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    prompt = {}
+    for node in ui["nodes"]:
+        if node["type"] in NOTE_TYPES or node.get("mode", 0) in (2, 4):  # notes, muted, bypassed
+            continue
+        if node["type"] not in info:
+            raise KeyError(f"node {node['id']}: type {node['type']!r} is not in /object_info")
+        specs = input_specs(info, node["type"])
+        spec_names = {name for name, _, _ in specs}
+        sockets = {}
+        for inp in node.get("inputs", []):
+            if inp["name"] not in spec_names:
+                raise KeyError(f"node {node['id']} ({node['type']}): input {inp['name']!r} is not in /object_info")
+            if inp.get("link") is not None:
+                lid, src, src_slot, dst, dst_slot, typ = links[inp["link"]]
+                src_type = nodes[src]["type"]
+                if dst != node["id"] or info[src_type]["output"][src_slot] != typ:
+                    raise ValueError(f"link {lid} does not fit node {src} ({src_type}) output {src_slot}")
+                spec = dict((n, s) for n, s, _ in specs)[inp["name"]]
+                if spec[0] != typ and spec[0] != "*":
+                    raise ValueError(f"link {lid}: {typ} into {node['type']}.{inp['name']} ({spec[0]})")
+                sockets[inp["name"]] = [str(src), src_slot]
+        values = list(node.get("widgets_values", []))
+        inputs = {}
+        for name, spec, optional in specs:
+            if is_widget(spec):
+                if not values:
+                    raise ValueError(f"node {node['id']} ({node['type']}): too few widgets_values (at {name!r})")
+                v = values.pop(0)
+                if has_control(spec):
+                    control = values.pop(0) if values else None
+                    if control not in ("fixed", "increment", "decrement", "randomize"):
+                        raise ValueError(f"node {node['id']}: {name} control value {control!r}")
+                options = spec[0] if isinstance(spec[0], list) else (spec[1].get("options") if spec[0] == "COMBO" else None)
+                if options is not None and v not in options and not _dynamic_combo(name):
+                    raise ValueError(f"node {node['id']} ({node['type']}): {name}={v!r} is not one of {options[:8]}")
+                inputs[name] = sockets.pop(name, v)
+            elif name in sockets:
+                inputs[name] = sockets.pop(name)
+            elif not optional:
+                raise ValueError(f"node {node['id']} ({node['type']}): required input {name!r} is not linked")
+        if values:
+            raise ValueError(f"node {node['id']} ({node['type']}): {len(values)} widgets_values left over: {values}")
+        title = node.get("title") or info[node["type"]].get("display_name", node["type"])
+        prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"], "_meta": {"title": title}}
+    return prompt
+
+
+def _dynamic_combo(name: str) -> bool:
+    """File-list combos: their options depend on the user's model folders, not on the workflow."""
+    return name in ("ckpt_name", "upsampler_name", "vae_name", "lora_name", "image")
