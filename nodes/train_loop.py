@@ -1,0 +1,170 @@
+"""The training loop of Algorithm 1, driven the way ComfyUI core drives training (nodes_train.py):
+a ``comfy.samplers.Sampler`` whose ``sample`` runs the optimisation inside ``CFGGuider.sample``.
+
+That puts every forward on ComfyUI's real sampling path -- model loading, ``process_conds``
+(SDXL's ADM ``y`` from the latent size), every wrapper and transformer patch of the patched
+clone, ``sampling_function`` -> ``calc_cond_batch`` -> ``BaseModel.apply_model`` -- exactly the
+path inference takes, so training and inference cannot disagree about the upsampler patch.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+# --- loss targets (Algorithm 1: epsilon MSE; the matching target for other parameterisations) ---
+
+def _eps_like(ms, xt, denoised, x0, sigma):
+    """EPS (and flow/CONST): the model output is ``(x_t - D(x_t)) / sigma`` (ComfyUI's
+    ``calculate_denoised`` inverted); its target is ``(x_t - x0) / sigma`` -- for EPS exactly the
+    noise epsilon of Algorithm 1, for CONST the flow velocity ``noise - x0``."""
+    s = sigma.view(-1, *([1] * (xt.ndim - 1)))
+    return (xt - denoised) / s, (xt - x0) / s
+
+
+def _v_target(ms, xt, denoised, x0, sigma):
+    """V_PREDICTION: invert ``calculate_denoised`` to the model's v output; the target is the v
+    that would have produced ``x0`` (Salimans & Ho's v = alpha*eps - sigma*x0 in k-diffusion form)."""
+    sd = float(ms.sigma_data)
+    s = sigma.view(-1, *([1] * (xt.ndim - 1)))
+    norm = (s ** 2 + sd ** 2).sqrt()
+    def v(d):
+        return (xt * sd ** 2 / norm ** 2 - d) * norm / (s * sd)
+    return v(denoised), v(x0)
+
+
+def loss_target(model_sampling) -> Callable:
+    """Pick the prediction/target pair from the model's sampling type (most specific class first)."""
+    import comfy.model_sampling as cms
+
+    registry = ((cms.EDM, None), (cms.V_PREDICTION, _v_target), (cms.EPS, _eps_like), (cms.CONST, _eps_like))
+    for cls, fn in registry:
+        if isinstance(model_sampling, cls):
+            if fn is None:
+                break
+            return fn
+    from .common import SelfCascadeError
+
+    raise SelfCascadeError(f"training is not supported for {type(model_sampling).__name__} models "
+                           "(supported: eps, v-prediction and flow models).")
+
+
+# --- one training run inside CFGGuider.sample -------------------------------------------------
+
+@dataclass
+class Batch:
+    """One optimisation step's data: clean latents (model space), pivots (LATENT space), conds."""
+
+    x0: torch.Tensor
+    pivot: torch.Tensor
+    cond_index: list[int]
+
+
+@dataclass
+class LoopState:
+    """What the loop mutates and a checkpoint captures."""
+
+    step: int
+    losses: list[float] = field(default_factory=list)
+    stopped_reason: str = "running"
+
+
+class UpsamplerTrainingSampler:
+    """A ComfyUI Sampler (duck-typed: ``sample(model_wrap, sigmas, extra_args, ...)``) whose run
+    is the whole training loop. All decisions (data, timesteps, checkpoints) are callables."""
+
+    def __init__(self, *, total_steps: int, state: LoopState, next_batch: Callable[[], Batch],
+                 sample_sigma: Callable[[int], torch.Tensor], noise_like: Callable[[torch.Tensor], torch.Tensor],
+                 set_pivot: Callable[[torch.Tensor], None], optimizer: torch.optim.Optimizer,
+                 params: list[torch.nn.Parameter], autocast_dtype: torch.dtype | None,
+                 on_step: Callable[[LoopState], None], check_interrupt: Callable[[], None],
+                 on_exception: Callable[[LoopState, BaseException], None], cond_slices: list[list[int]]):
+        self.cond_slices = cond_slices
+        self.total_steps = total_steps
+        self.state = state
+        self.next_batch = next_batch
+        self.sample_sigma = sample_sigma
+        self.noise_like = noise_like
+        self.set_pivot = set_pivot
+        self.optimizer = optimizer
+        self.params = params
+        self.autocast_dtype = autocast_dtype
+        self.on_step = on_step
+        self.check_interrupt = check_interrupt
+        self.on_exception = on_exception
+
+    def _group_loss(self, model_wrap, extra_args, conds_all, batch: Batch, rows: list[int], target_fn) -> torch.Tensor:
+        """Loss of the rows that share one conditioning, on ComfyUI's own predict path."""
+        ms = model_wrap.inner_model.model_sampling
+        device = model_wrap.model_patcher.load_device
+        x0 = batch.x0[rows].to(device)
+        self.set_pivot(batch.pivot[rows].to(device))
+        sigma = self.sample_sigma(len(rows)).to(device)
+        noise = self.noise_like(x0).to(device)
+        xt = ms.noise_scaling(sigma, noise, x0, False)
+        model_wrap.conds["positive"] = [conds_all[j] for j in self.cond_slices[batch.cond_index[rows[0]]]]
+        if self.autocast_dtype is not None:
+            with torch.autocast(device.type, dtype=self.autocast_dtype):
+                denoised = model_wrap(xt, sigma, **extra_args)
+        else:
+            denoised = model_wrap(xt, sigma, **extra_args)
+        pred, target = target_fn(ms, xt.float(), denoised.float(), x0.float(), sigma.float())
+        return torch.nn.functional.mse_loss(pred, target)
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        conds_all = list(model_wrap.conds["positive"])
+        target_fn = loss_target(model_wrap.inner_model.model_sampling)
+        st = self.state
+        try:
+            while st.step < self.total_steps:
+                self.check_interrupt()
+                batch = self.next_batch()
+                groups: dict[int, list[int]] = {}
+                for row, ci in enumerate(batch.cond_index):
+                    groups.setdefault(ci, []).append(row)
+                self.optimizer.zero_grad(set_to_none=True)
+                total = 0.0
+                n = batch.x0.shape[0]
+                for rows in groups.values():
+                    loss = self._group_loss(model_wrap, extra_args, conds_all, batch, rows, target_fn)
+                    (loss * (len(rows) / n)).backward()
+                    total += float(loss.detach()) * len(rows) / n
+                grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
+                if not math.isfinite(total) or not grads_ok:
+                    st.stopped_reason = (f"non-finite loss ({total}) at step {st.step + 1}" if not math.isfinite(total)
+                                         else f"non-finite gradient at step {st.step + 1}")
+                    logger.error("Self-Cascade training: %s; stopping without applying it.", st.stopped_reason)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    break
+                self.optimizer.step()
+                st.step += 1
+                st.losses.append(total)
+                self.on_step(st)
+            else:
+                st.stopped_reason = "completed"
+        except BaseException as exc:
+            self.on_exception(st, exc)
+            raise
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+        return torch.zeros_like(latent_image)
+
+
+class TrainingGuider:
+    """Build the guider lazily (ComfyUI import) with only positive conds, cfg 1 (no CFG in Algorithm 1)."""
+
+    @staticmethod
+    def create(model_patcher, conds: list):
+        import comfy.samplers
+
+        guider = comfy.samplers.CFGGuider(model_patcher)
+        guider.inner_set_conds({"positive": conds})
+        guider.set_cfg(1.0)
+        return guider

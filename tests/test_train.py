@@ -1,0 +1,191 @@
+"""Upsampler training (Algorithm 1) on the tiny real SD1.5-style model, in-process.
+
+``fake_vae_encode`` stands in for a VAE: tests have no trained VAE, so a fixed deterministic
+map (8x8 average pool + a fixed 3->4 channel mix) turns images into 4-channel latents. Every
+other part is real: the ComfyUI model, sampling path (CFGGuider), model_sampling and the pack's
+tuned patch.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+_MIX = torch.tensor([[0.8, -0.3, 0.2], [0.1, 0.9, -0.4], [-0.5, 0.2, 0.7], [0.3, 0.3, 0.3]])
+
+
+def fake_vae_encode(pixels: torch.Tensor) -> torch.Tensor:
+    """Stand-in VAE encoder: (B, H, W, 3) in 0..1 -> (B, 4, H/8, W/8), deterministic."""
+    x = F.avg_pool2d(pixels.movedim(-1, 1).float() * 2 - 1, 8)
+    return torch.einsum("oc,bchw->bohw", _MIX, x) * 4.0
+
+
+def make_images(n: int = 3, size: int = 96, seed: int = 0) -> torch.Tensor:
+    """Smooth, structured images (low-frequency colour fields plus stripes), seeded."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    out = []
+    for _ in range(n):
+        f = torch.rand(3, generator=g) * 6 + 1
+        ph = torch.rand(3, generator=g) * 6.28
+        img = torch.stack([0.5 + 0.5 * torch.sin(f[c] * (xx + (c + 1) * yy) * 3.14 + ph[c]) for c in range(3)], -1)
+        out.append(img)
+    return torch.stack(out)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These loops are many tiny ops: one thread is ~10x faster than two on a loaded 2-core box."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def undamped(model):
+    """The tiny model damps its output conv by 0.1 (bounded sampling); after the final GroupNorm
+    that caps any feature-level change at ~0.1, so for the loss test it is restored to x1."""
+    with torch.no_grad():
+        model.model.diffusion_model.out[-1].weight.mul_(10.0)
+    return model
+
+
+def config(pack, **over):
+    from self_cascade.nodes.train_setup import TrainConfig
+
+    base = dict(width=64, height=64, scale=2.0, steps=40, learning_rate=1e-2, batch_size=2, seed=0,
+                checkpoint_every=10, variant="official", log_every=100)
+    base.update(over)
+    return TrainConfig(**base)
+
+
+def cond():
+    import tiny_models
+
+    return tiny_models.conditioning(seed=3)
+
+
+def test_training_reduces_loss_and_keeps_base_weights(pack, tiny_model, tmp_path):
+    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.upsampler.fileformat import load_upsamplers
+
+    model = undamped(tiny_model)
+    before = {k: v.clone() for k, v in model.model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in model.model.named_parameters()}
+    path = str(tmp_path / "ups.safetensors")
+    res = train_upsamplers(model, make_images(), fake_vae_encode, cond(), config=config(pack), save_path=path,
+                           interrupt_check=lambda: None)
+    assert res.stopped_reason == "completed" and res.steps_done == 40 and len(res.losses) == 40
+    assert all(math.isfinite(v) for v in res.losses)
+    first, last = sum(res.losses[:10]) / 10, sum(res.losses[-10:]) / 10
+    assert last < 0.95 * first, f"loss did not decrease: first10 {first:.4f} last10 {last:.4f}"
+    # paired control: the same seed draws the same crops/timesteps/noise; with a negligible learning
+    # rate the last 10 losses stay where the untrained set puts them
+    control = train_upsamplers(model, make_images(), fake_vae_encode, cond(), config=config(pack, learning_rate=1e-9),
+                               interrupt_check=lambda: None)
+    still = sum(control.losses[-10:]) / 10
+    assert last < 0.95 * still, f"trained last10 {last:.4f} vs untrained on the same draws {still:.4f}"
+    after = model.model.state_dict()
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), f"base weight {k} changed"
+    assert {k: p.requires_grad for k, p in model.model.named_parameters()} == flags
+    loaded = load_upsamplers(path)
+    assert loaded.info.steps == 40 and loaded.info.K == 700 and loaded.info.end_timestep == 100
+    assert loaded.info.scale == 2.0 and loaded.info.family == "SD15" and loaded.info.variant == "official"
+    for k, v in res.upsamplers.state_dict().items():
+        assert torch.equal(v.cpu(), loaded.state_dict()[k])
+    assert any(v.abs().sum() > 0 for k, v in loaded.state_dict().items() if "out_layers.3" in k), "still at init"
+
+
+class Cancel(Exception):
+    pass
+
+
+def test_cancel_then_resume_matches_uninterrupted_run(pack, tiny_model, tmp_path):
+    from self_cascade.nodes.patch import apply_upsamplers
+    from self_cascade.nodes.pivot import upsample_pivot
+    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.upsampler.fileformat import load_upsamplers
+
+    cfg = dict(steps=12, checkpoint_every=5, batch_size=1)
+    full = train_upsamplers(tiny_model, make_images(2), fake_vae_encode, cond(), config=config(pack, **cfg),
+                            save_path=str(tmp_path / "full.safetensors"), interrupt_check=lambda: None)
+    path = str(tmp_path / "cut.safetensors")
+    calls = {"n": 0}
+
+    def cancel_at_8():
+        calls["n"] += 1
+        if calls["n"] == 8:  # checked before step 8 runs: 7 steps done, last periodic checkpoint at 5
+            raise Cancel()
+
+    with pytest.raises(Cancel):
+        train_upsamplers(tiny_model, make_images(2), fake_vae_encode, cond(), config=config(pack, **cfg),
+                         save_path=path, interrupt_check=cancel_at_8)
+    assert not os.path.exists(path), "a cancelled run must not write the final file"
+    from self_cascade.upsampler.checkpoint import load_checkpoint
+
+    assert load_checkpoint(path.replace(".safetensors", ".ckpt.safetensors")).step == 7
+    res = train_upsamplers(tiny_model, make_images(2), fake_vae_encode, cond(), config=config(pack, **cfg),
+                           save_path=path, resume=True, interrupt_check=lambda: None)
+    assert res.steps_done == 12 and res.stopped_reason == "completed"
+    assert res.losses == pytest.approx(full.losses, rel=1e-4, abs=1e-6)
+    uset = load_upsamplers(path)
+    assert uset.info.steps == 12
+    ref = load_upsamplers(str(tmp_path / "full.safetensors"))
+    for k, v in ref.state_dict().items():
+        assert torch.allclose(v, uset.state_dict()[k], atol=1e-5), k
+    # the saved set patches a model and changes its prediction
+    latent = {"samples": fake_vae_encode(make_images(1, 32))}
+    up = upsample_pivot(latent, 2.0, "bicubic")
+    patched = apply_upsamplers(tiny_model, uset, up["self_cascade_pivot"], 1.0, 100.0)
+    import comfy.sample
+
+    def run(m):
+        noise = torch.randn(up["samples"].shape, generator=torch.Generator().manual_seed(1))
+        return comfy.sample.sample(m, noise, 3, 1.0, "euler", "normal", cond(), cond(), up["samples"],
+                                   disable_pbar=True, seed=1)
+
+    with torch.inference_mode():
+        assert not torch.allclose(run(patched), run(tiny_model))
+
+
+def test_bad_inputs_are_clear_errors(pack, tiny_model, tmp_path):
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.train import save_path_for, train_upsamplers
+
+    for bad in ("../x", "a/b", "a\\b", "..", "", ".hidden"):
+        with pytest.raises(SelfCascadeError):
+            save_path_for(bad, str(tmp_path))
+    imgs = [make_images(1, 96), make_images(1, 48)]
+    with pytest.raises(SelfCascadeError, match=r"images\[1\]\[0\] \(48x48\)"):
+        train_upsamplers(tiny_model, imgs, fake_vae_encode, cond(), config=config(pack, steps=1),
+                         interrupt_check=lambda: None)
+
+    def three_channels(px):
+        return fake_vae_encode(px)[:, :3]
+
+    with pytest.raises(SelfCascadeError, match="3-channel latents but the model takes 4"):
+        train_upsamplers(tiny_model, make_images(1), three_channels, cond(), config=config(pack, steps=1),
+                         interrupt_check=lambda: None)
+    path = str(tmp_path / "nan.safetensors")
+
+    def nan_after_first(px):  # a latent with NaN: the loss goes non-finite at the first step
+        out = fake_vae_encode(px)
+        return out * float("nan")
+
+    res = train_upsamplers(tiny_model, make_images(1), nan_after_first, cond(),
+                           config=config(pack, steps=3), save_path=path, interrupt_check=lambda: None)
+    assert res.stopped_reason.startswith("non-finite loss") and res.steps_done == 0
+    assert not os.path.exists(path)
+
+
+def test_loss_curve_image(pack):
+    from self_cascade.upsampler.losscurve import draw_loss_curve
+
+    img = draw_loss_curve([1.0, 0.5, float("nan"), 0.25])
+    assert img.shape == (1, 256, 512, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
+    assert float(img.std()) > 0.01

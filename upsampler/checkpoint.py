@@ -1,0 +1,132 @@
+"""Training checkpoints and atomic writes (pure torch + safetensors, no pickle).
+
+A checkpoint is ONE safetensors file: the upsampler weights (``uset.*``), the optimizer's
+tensors (``optim.*``) and the RNG states (``rng.*``); everything else (step count, losses,
+optimizer hyper-parameters, the training config) is JSON inside the file's metadata. One file
+means one ``os.replace``: a crash can never pair new weights with an old step count.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+#: Metadata key holding the JSON part of a checkpoint.
+META_KEY = "self_cascade_train"
+CKPT_SUFFIX = ".ckpt.safetensors"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]*$")
+
+
+def check_save_name(name: str) -> str:
+    """A bare file stem: no path separators, no ``..``, no leading dot; returns it stripped.
+
+    Raises ValueError naming the problem (callers turn it into a user-facing error).
+    """
+    stem = (name or "").strip()
+    if stem.endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")]
+    if not stem:
+        raise ValueError("save_name is empty; give a plain file name such as 'my_upsamplers'.")
+    if "/" in stem or "\\" in stem or os.sep in stem or (os.altsep and os.altsep in stem):
+        raise ValueError(f"save_name {name!r} contains a path separator; give a plain file name (it is saved "
+                         "in models/self_cascade/).")
+    if ".." in stem:
+        raise ValueError(f"save_name {name!r} contains '..'; give a plain file name.")
+    if not _NAME_RE.match(stem):
+        raise ValueError(f"save_name {name!r} may use only letters, digits, space, '_', '-', '+', '.' and must "
+                         "start with a letter or digit.")
+    return stem
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` for a temp file in the same folder, fsync it, then ``os.replace``.
+
+    If ``write`` raises, the temp file is removed and an existing ``path`` is left untouched.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to continue a run exactly where it stopped."""
+
+    step: int
+    weights: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: dict[str, torch.Tensor]
+    losses: list[float] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (``optim.<idx>.<key>``) and JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{idx}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(path: str, ckpt: Checkpoint) -> None:
+    """Write ``ckpt`` atomically to ``path`` (a ``.ckpt.safetensors`` file)."""
+    from safetensors.torch import save_file
+
+    tensors = {f"uset.{k}": v.detach().contiguous().cpu() for k, v in ckpt.weights.items()}
+    opt_tensors, opt_meta = _flatten_optimizer(ckpt.optimizer)
+    tensors.update(opt_tensors)
+    tensors.update({f"rng.{k}": v.contiguous().cpu() for k, v in ckpt.rng.items()})
+    meta = {"step": ckpt.step, "losses": ckpt.losses, "optimizer": opt_meta, "config": ckpt.config}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)}))
+
+
+def load_checkpoint(path: str) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (ValueError if it is not one)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt", device="cpu") as fh:
+        raw = (fh.metadata() or {}).get(META_KEY)
+        if raw is None:
+            raise ValueError(f"{path} is not a Self-Cascade training checkpoint (no '{META_KEY}' metadata).")
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    meta = json.loads(raw)
+    groups: dict[str, dict[str, torch.Tensor]] = {"uset": {}, "optim": {}, "rng": {}}
+    for name, value in tensors.items():
+        head, rest = name.split(".", 1)
+        if head == "optim":
+            groups["optim"][name] = value
+        else:
+            groups[head][rest] = value
+    return Checkpoint(step=int(meta["step"]), weights=groups["uset"],
+                      optimizer=_unflatten_optimizer(groups["optim"], meta["optimizer"]),
+                      rng=groups["rng"], losses=[float(x) for x in meta.get("losses", [])],
+                      config=meta.get("config", {}))
