@@ -2,8 +2,8 @@
 and every API workflow runs on the real server with a test-built SD1.5-shaped checkpoint."""
 from __future__ import annotations
 
-import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +14,6 @@ WF = REPO / "workflows"
 sys.path.insert(0, str(WF))
 
 import graph  # noqa: E402
-import queue_workflow  # noqa: E402
 
 SHIPPED = ("sd15_cascade_2048", "sd15_cascade_2048_upsamplers", "sdxl_cascade_4096", "train_upsamplers",
            "composable_pivot_renoise")
@@ -118,29 +117,29 @@ def test_converter_catches_drift(info):
     assert graph.ui_to_api(_ui("sd15_cascade_2048_upsamplers"), info) != api
 
 
-def small_args(ckpt: str, upsampler: str | None = None, seed: int = 3, **over) -> argparse.Namespace:
-    args = queue_workflow.parser().parse_args(["x", "--checkpoint", ckpt, "--width", "64", "--height", "64",
-                                               "--steps", "4", "--seed", str(seed), "--prompt", "a small test"])
-    args.upsampler = upsampler
-    for k, v in over.items():
-        setattr(args, k, v)
-    return args
-
-
 RUNNABLE = ("sd15_cascade_2048", "sd15_cascade_2048_upsamplers", "composable_pivot_renoise")
 
 
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The command-line client as a user runs it (a separate stdlib-only process)."""
+    return subprocess.run([sys.executable, str(WF / "api" / "queue_workflow.py"), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.parametrize("name", RUNNABLE)
-def test_api_workflow_runs_on_real_server(comfy_server, client, info, tiny_checkpoint, upsampler_file, name):
+def test_api_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_checkpoint, upsampler_file, name, tmp_path):
+    """Each API workflow, sizes/steps overridden small (base 64 px, 4 steps), queued with queue_workflow.py."""
     from PIL import Image
 
-    prompt = _api(name)
-    has_ups = any(n["class_type"] == "SelfCascadeUpsamplerLoader" for n in prompt.values())
-    queue_workflow.apply_overrides(prompt, small_args(tiny_checkpoint, upsampler_file if has_ups else None))
-    queue_workflow.check_against_server(prompt, info)
-    entry = client.run(prompt, timeout=600)
-    images = client.output_images(entry)
-    assert len(images) == 1, entry["outputs"]
-    img = Image.open(comfy_server.base_dir / "output" / images[0]["subfolder"] / images[0]["filename"])
+    has_ups = any(n["class_type"] == "SelfCascadeUpsamplerLoader" for n in _api(name).values())
+    extra = ["--upsampler", upsampler_file] if has_ups else []
+    proc = run_cli(name, "--server", comfy_server.url, "--checkpoint", tiny_checkpoint, "--width", "64",
+                   "--height", "64", "--steps", "4", "--seed", "3", "--prompt", "a small test", "--out",
+                   str(tmp_path), "--progress-every", "2", *extra)
+    assert proc.returncode == 0, proc.stderr[-3000:] + comfy_server.log()[-3000:]
+    saved = [Path(line) for line in proc.stdout.split()]
+    assert len(saved) == 1 and saved[0].parent == tmp_path, proc.stdout
+    img = Image.open(saved[0])
     expected = 256 if name.startswith("sd15") else 128  # 64 -> 128 -> 256 (two stages) or one stage
     assert img.size == (expected, expected)
+    assert "queued" in proc.stderr and "override: Positive Prompt.text='a small test'" in proc.stderr

@@ -5,7 +5,8 @@ description each, so the two formats cannot drift. Run by hand after a node's in
     .host/venv/bin/python workflows/build.py --object-info info.json
 
 Widget order comes from the live server's /object_info. A graph whose node types the server does
-not list is skipped with a warning (its files are left as they are). Thumbnails: thumbnails.py.
+not list is skipped with a warning (its files are left as they are). Each written graph also gets
+its thumbnail (a PIL diagram of the graph, thumbnails.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from graph import Graph, out, to_api, to_ui  # noqa: E402
+from thumbnails import write_thumbnail  # noqa: E402
 
 SD15_CKPT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
@@ -155,6 +157,14 @@ def train_upsamplers() -> Graph:
     return g
 
 
+TITLES = {
+    "sd15_cascade_2048": "SD1.5/2.1 tuning-free cascade 512 -> 1024 -> 2048",
+    "sd15_cascade_2048_upsamplers": "SD1.5/2.1 cascade 512 -> 2048 with trained upsamplers",
+    "sdxl_cascade_4096": "SDXL 1024 -> 2048 -> 4096, official upsamplers",
+    "train_upsamplers": "Train Self-Cascade upsamplers from a folder",
+    "composable_pivot_renoise": "Composable: Pivot Upsample -> Renoise -> SamplerCustomAdvanced",
+}
+
 GRAPHS = {
     "sd15_cascade_2048": lambda: sd15_cascade_2048(False),
     "sd15_cascade_2048_upsamplers": lambda: sd15_cascade_2048(True),
@@ -191,6 +201,7 @@ def build(info: dict, only: list[str] | None = None) -> list[str]:
             continue
         (HERE / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
         (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
+        write_thumbnail(name, ui, TITLES[name])
         written.append(name)
     return written
 

@@ -1,0 +1,80 @@
+"""Thumbnails for the shipped workflows: a diagram of each UI graph drawn with PIL.
+
+What the picture shows is the graph itself (groups, nodes with their titles, links), drawn from
+the UI JSON, not a rendered image: the pack ships no model weights to render one with.
+Called by build.py; ``python workflows/thumbnails.py`` redraws all of them.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+HERE = Path(__file__).resolve().parent
+SIZE = (512, 320)
+PACK_COLOR = (70, 130, 200)
+CORE_COLOR = (90, 90, 96)
+NOTE_COLOR = (110, 90, 50)
+
+
+def _hex(color: str) -> tuple[int, int, int]:
+    c = color.lstrip("#")
+    if len(c) == 3:
+        c = "".join(ch * 2 for ch in c)
+    return tuple(int(c[i:i + 2], 16) for i in (0, 2, 4))
+
+
+def render(ui: dict, title: str) -> Image.Image:
+    """The graph's layout scaled to fit, with a title bar."""
+    boxes = [(n["pos"], n["size"]) for n in ui["nodes"]] + [((g["bounding"][0], g["bounding"][1]),
+                                                               (g["bounding"][2], g["bounding"][3])) for g in ui["groups"]]
+    x0 = min(p[0] for p, _ in boxes)
+    y0 = min(p[1] for p, _ in boxes)
+    x1 = max(p[0] + s[0] for p, s in boxes)
+    y1 = max(p[1] + s[1] for p, s in boxes)
+    top = 34
+    scale = min((SIZE[0] - 16) / (x1 - x0), (SIZE[1] - top - 8) / (y1 - y0))
+
+    def tr(x: float, y: float) -> tuple[float, float]:
+        return 8 + (x - x0) * scale, top + (y - y0) * scale
+
+    img = Image.new("RGB", SIZE, (32, 32, 36))
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    for g in ui["groups"]:
+        bx, by, bw, bh = g["bounding"]
+        c = _hex(g.get("color", "#3f789e"))
+        d.rectangle([*tr(bx, by), *tr(bx + bw, by + bh)], fill=tuple(v // 3 for v in c), outline=c)
+    centers = {n["id"]: n for n in ui["nodes"]}
+    for _lid, src, _ss, dst, _ds, _typ in ui["links"]:
+        a, b = centers[src], centers[dst]
+        d.line([tr(a["pos"][0] + a["size"][0], a["pos"][1] + 15), tr(b["pos"][0], b["pos"][1] + 15)],
+               fill=(200, 200, 120), width=1)
+    for n in ui["nodes"]:
+        (x, y), (w, h) = n["pos"], n["size"]
+        color = NOTE_COLOR if n["type"] == "Note" else PACK_COLOR if n["type"].startswith("SelfCascade") else CORE_COLOR
+        d.rectangle([*tr(x, y), *tr(x + w, y + h)], fill=color, outline=(220, 220, 220))
+        label = "Note" if n["type"] == "Note" else n.get("title") or n["type"]
+        tx, ty = tr(x + 6, y + 4)
+        max_chars = max(3, int(w * scale / 6))
+        d.text((tx, ty), label[:max_chars], fill=(255, 255, 255), font=font)
+    d.rectangle([0, 0, SIZE[0], top - 6], fill=(20, 20, 24))
+    d.text((8, 8), title, fill=(255, 255, 255), font=font)
+    d.text((SIZE[0] - 150, 8), "blue = Self-Cascade node", fill=PACK_COLOR, font=font)
+    return img
+
+
+def write_thumbnail(name: str, ui: dict, title: str) -> Path:
+    path = HERE / f"{name}.jpg"
+    render(ui, title).save(path, quality=88)
+    return path
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    from build import TITLES
+
+    for p in sorted(HERE.glob("*.json")):
+        print(write_thumbnail(p.stem, json.loads(p.read_text()), TITLES.get(p.stem, p.stem)))
