@@ -7,10 +7,9 @@ with plain ComfyUI block patches in a second unpatched run.
 from __future__ import annotations
 
 import pytest
+import tiny_models
 import torch
 import torch.nn.functional as F
-
-import tiny_models
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +149,79 @@ def test_called_at_taps_with_right_shapes(mods, family, expected):
     for block, fin, emb, out in seen:
         ch = dict((b, c) for b, c, _ in expected)[block]
         assert fin == (4, ch, 3, 4) and emb == (4, 128) and out == (4, ch, 6, 8)
+
+
+def sample(model, h=8, w=12, cfg=4.0, batch=1, steps=3, seed=0, sdxl=False):
+    """A short real sampling run through comfy.sample.sample (KSampler's path)."""
+    import comfy.sample
+
+    noise = torch.randn(batch, 4, h, w, generator=torch.Generator().manual_seed(seed))
+    return comfy.sample.sample(model, noise, steps, cfg, "euler", "normal", tiny_models.conditioning(1, pooled=sdxl),
+                               tiny_models.conditioning(2, pooled=sdxl), torch.zeros_like(noise), denoise=1.0,
+                               disable_pbar=True, seed=seed)
+
+
+def record_calls(uset):
+    calls = []
+    for i, up in enumerate(uset.ups):
+        up.register_forward_hook(lambda m, a, out, i=i: calls.append((i, tuple(a[0].shape))))
+    return calls
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_real_sampling_cfg_on_and_off_batch_and_non_square(mods, family, cfg):
+    """cfg 1: ComfyUI runs cond only; cfg 4: cond+uncond batched -> the pivot is repeated per chunk."""
+    patch, _, _ = mods
+    sdxl = family == "sdxl"
+    model = tiny_models.tiny_sdxl(0) if sdxl else tiny_models.tiny_sd15(0)
+    uset = fresh_set(model, mods, "light")
+    calls = record_calls(uset)
+    pivot = torch.randn(2, 4, 3, 5, generator=torch.Generator().manual_seed(2))  # batch 2, 6x10 -> 3x5
+    out = sample(patch.apply_upsamplers(model, uset, pivot, 1.0, 100.0), 6, 10, cfg, batch=2, sdxl=sdxl)
+    assert out.shape == (2, 4, 6, 10) and torch.isfinite(out).all()
+    chunks = 1 if cfg == 1.0 else 2
+    # euler/normal 3 steps on a 1000-step eps model: timesteps 999, ~500 (> 100) and ~0 (off)
+    assert len(calls) == 2 * len(uset.taps)
+    # pivot 3x5 at tap /2: 2x3 (the tiny UNet's taps are all at /2), batch 2 per cond/uncond chunk
+    assert all(shape[0] == 2 * chunks and shape[-2:] == (2, 3) for _, shape in calls)
+    assert not torch.equal(out, sample(model, 6, 10, cfg, batch=2, sdxl=sdxl))
+
+
+def _freeu(model):
+    from comfy_extras.nodes_freelunch import FreeU_V2
+
+    return FreeU_V2().patch(model, 1.3, 1.4, 0.9, 0.2)[0]
+
+
+def _deep_shrink(after_skip: bool):
+    def apply(model):
+        from comfy_extras.nodes_model_downscale import PatchModelAddDownscale
+
+        return PatchModelAddDownscale.execute(model, 3, 2.0, 0.0, 1.0, after_skip, "bicubic", "bicubic").result[0]
+    return apply
+
+
+@pytest.fixture(scope="module")
+def plain_sample():
+    return sample(tiny_models.tiny_sd15(0))
+
+
+@pytest.mark.parametrize("other", ["freeu_v2", "deep_shrink_after_skip", "deep_shrink_before_skip"])
+def test_composes_with_freeu_and_deep_shrink(mods, plain_sample, other):
+    """Ours applied before and after the other patch: sampling runs, finite, both patches active."""
+    patch, _, _ = mods
+    apply_other = {"freeu_v2": _freeu, "deep_shrink_after_skip": _deep_shrink(True),
+                   "deep_shrink_before_skip": _deep_shrink(False)}[other]
+    model = tiny_models.tiny_sd15(0)
+    uset = fresh_set(model, mods)
+    calls = record_calls(uset)
+    pivot = torch.randn(1, 4, 4, 6, generator=torch.Generator().manual_seed(2))
+    only_other = sample(apply_other(model))
+    assert not torch.equal(only_other, plain_sample)  # the other patch is active
+    for ours_first in (True, False):
+        calls.clear()
+        ours = lambda m: patch.apply_upsamplers(m, uset, pivot, 1.0, 100.0)  # noqa: E731
+        out = sample(apply_other(ours(model)) if ours_first else ours(apply_other(model)))
+        assert torch.isfinite(out).all() and len(calls) == 2 * len(uset.taps), ours_first  # ours still active
+        assert not torch.equal(out, only_other)

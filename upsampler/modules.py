@@ -8,8 +8,8 @@ leaves the model's features of the pivot unchanged apart from the upsampling.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -124,7 +124,7 @@ class UpsamplerInfo:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "UpsamplerInfo":
+    def from_json(cls, d: dict) -> UpsamplerInfo:
         d = dict(d)
         d["taps"] = [Tap.from_json(t) for t in d["taps"]]
         known = set(cls.__dataclass_fields__)
@@ -150,7 +150,7 @@ class UpsamplerSet(nn.Module):
 
     @classmethod
     def create(cls, taps: list[Tap], emb_dim: int, family: str, variant: str = "official",
-               size: int = 0, **info) -> "UpsamplerSet":
+               size: int = 0, **info) -> UpsamplerSet:
         """A freshly initialised set (exactly nearest x2 per tap)."""
         return cls(UpsamplerInfo(family=family, taps=list(taps), emb_dim=emb_dim, variant=variant,
                                  size=size, **info))

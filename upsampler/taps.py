@@ -30,7 +30,7 @@ class Tap:
                 "downscale": int(self.downscale)}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Tap":
+    def from_json(cls, d: dict) -> Tap:
         return cls(block=(str(d["block"][0]), int(d["block"][1])), channels=int(d["channels"]),
                    downscale=int(d["downscale"]))
 
