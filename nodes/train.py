@@ -93,13 +93,17 @@ def _gradient_checkpointing(stack: ExitStack, unet: torch.nn.Module, cfg: TrainC
 
 
 def _frozen(stack: ExitStack, module: torch.nn.Module) -> None:
-    """requires_grad False on every base parameter for the run; flags restored on exit."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    module.requires_grad_(False)
+    """requires_grad False on every base parameter for the run; flags restored (by name) on exit."""
+    flags = {name: p.requires_grad for name, p in module.named_parameters()}
+    for p in module.parameters():
+        with torch.inference_mode(p.is_inference()):
+            p.requires_grad_(False)
 
     def restore():
-        for p, f in flags:
-            p.requires_grad_(f)
+        for name, p in module.named_parameters():
+            if name in flags and p.requires_grad != flags[name]:
+                with torch.inference_mode(p.is_inference()):
+                    p.requires_grad_(flags[name])
 
     stack.callback(restore)
 

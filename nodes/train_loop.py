@@ -55,6 +55,22 @@ def loss_target(model_sampling) -> Callable:
                            "(supported: eps, v-prediction and flow models).")
 
 
+def replace_inference_tensors(module: torch.nn.Module) -> int:
+    """Swap parameters/buffers created under ``torch.inference_mode`` (ComfyUI loads models inside
+    it) for equal normal tensors: autograd may not save inference tensors for backward. Values are
+    bit-identical and the old tensors are released, so memory does not grow. Returns the count."""
+    count = 0
+    with torch.inference_mode(False), torch.no_grad():
+        for sub in module.modules():
+            for store in (sub._parameters, sub._buffers):
+                for name, t in list(store.items()):
+                    if t is not None and t.is_inference():
+                        new = t.clone()
+                        store[name] = torch.nn.Parameter(new, requires_grad=False) if store is sub._parameters else new
+                        count += 1
+    return count
+
+
 # --- one training run inside CFGGuider.sample -------------------------------------------------
 
 @dataclass
@@ -119,6 +135,10 @@ class UpsamplerTrainingSampler:
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
+        swapped = replace_inference_tensors(model_wrap.inner_model)
+        if swapped:
+            logger.info("Self-Cascade training: %d inference-mode tensors of the base model replaced by equal "
+                        "normal tensors (needed for backward; values unchanged).", swapped)
         conds_all = list(model_wrap.conds["positive"])
         target_fn = loss_target(model_wrap.inner_model.model_sampling)
         st = self.state

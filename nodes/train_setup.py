@@ -97,7 +97,8 @@ class EncodedImage:
 
 
 def _encode(encode: Callable, pixels: torch.Tensor, channels: int, what: str) -> torch.Tensor:
-    out = encode(pixels)
+    with torch.no_grad():  # the VAE is frozen: no graph through it
+        out = encode(pixels)
     if isinstance(out, dict):
         out = out["samples"]
     if not torch.is_tensor(out) or out.ndim != 4:
