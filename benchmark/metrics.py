@@ -1,0 +1,142 @@
+"""Benchmark metrics (no pretrained network): composition, Laplacian-pyramid SWD, base consistency, detail.
+
+All functions take ComfyUI IMAGE tensors (N, H, W, 3) in 0..1.
+- Composition: objects = connected components of HSV saturation > 0.4 covering >= 1% of the
+  image; the score is the share of samples with exactly the scene's count (1).
+- Fidelity: sliced Wasserstein distance between 7x7 patch sets of Laplacian-pyramid levels
+  (Karras et al. 2018), reported for the coarse levels (short side <= the base size, like FID_r)
+  and for the finest level (like pFID_r). Values x1e3, lower is better.
+- Base consistency: SWD (all levels) between generated-then-downsampled images and base-size
+  samples (like FID_b).
+- Detail: energy of the band that averages away at base size (image minus its base-size
+  area-downsample, re-upsampled) inside the eroded object mask, relative to real renders (1.0 =
+  as much fine detail as the ground truth).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage
+import torch
+import torch.nn.functional as F
+
+SAT_THRESHOLD = 0.4
+MIN_AREA = 0.01
+BASE_SHORT_SIDE = 16
+
+
+def saturation(images: torch.Tensor) -> torch.Tensor:
+    mx = images.amax(-1)
+    return (mx - images.amin(-1)) / mx.clamp_min(1e-4)
+
+
+def object_mask(images: torch.Tensor) -> torch.Tensor:
+    return saturation(images) > SAT_THRESHOLD
+
+
+def count_objects(images: torch.Tensor) -> list[int]:
+    """Connected components (8-connected) of the saturation mask covering >= 1% of the image."""
+    counts = []
+    for m in object_mask(images).cpu().numpy():
+        lab, n = scipy.ndimage.label(m, structure=np.ones((3, 3)))
+        if n == 0:
+            counts.append(0)
+            continue
+        areas = np.bincount(lab.ravel())[1:]
+        counts.append(int((areas >= MIN_AREA * m.size).sum()))
+    return counts
+
+
+def composition(images: torch.Tensor, expected: int = 1) -> float:
+    c = count_objects(images)
+    return float(np.mean([x == expected for x in c]))
+
+
+def _blur_down(x: torch.Tensor) -> torch.Tensor:
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+    k2 = (k[:, None] * k[None]).to(x)[None, None].repeat(x.shape[1], 1, 1, 1)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k2, groups=x.shape[1])[..., ::2, ::2]
+
+
+def laplacian_pyramid(images: torch.Tensor, min_side: int = 8) -> list[torch.Tensor]:
+    """Levels finest first; the last (coarsest) level is the low-pass residual."""
+    x = images.movedim(-1, 1).float()
+    levels = []
+    while min(x.shape[-2:]) > min_side:
+        low = _blur_down(x)
+        up = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        levels.append(x - up)
+        x = low
+    levels.append(x)
+    return levels
+
+
+def _patches(level: torch.Tensor, n_per_image: int, g: torch.Generator, size: int = 7) -> torch.Tensor:
+    """n_per_image random size x size patches per image, flattened to (N * n, C * size * size)."""
+    N, C, H, W = level.shape
+    ys = torch.randint(0, H - size + 1, (N, n_per_image), generator=g)
+    xs = torch.randint(0, W - size + 1, (N, n_per_image), generator=g)
+    d = torch.arange(size)
+    yy = (ys[..., None, None] + d[:, None]).expand(-1, -1, size, size)
+    xx = (xs[..., None, None] + d[None, :]).expand(-1, -1, size, size)
+    nn_ = torch.arange(N)[:, None, None, None].expand_as(yy)
+    out = level.movedim(1, -1)[nn_, yy, xx]  # (N, n, size, size, C)
+    return out.reshape(N * n_per_image, -1)
+
+
+def _swd(a: torch.Tensor, b: torch.Tensor, g: torch.Generator, dirs: int = 256, repeats: int = 4) -> float:
+    n = min(len(a), len(b))
+    a, b = a[torch.randperm(len(a), generator=g)[:n]], b[torch.randperm(len(b), generator=g)[:n]]
+    mean, std = torch.cat([a, b]).mean(0), torch.cat([a, b]).std(0).clamp_min(1e-6)
+    a, b = (a - mean) / std, (b - mean) / std
+    vals = []
+    for _ in range(repeats):
+        d = torch.randn(a.shape[1], dirs, generator=g)
+        d = d / d.norm(dim=0, keepdim=True)
+        pa, pb = torch.sort(a @ d, 0)[0], torch.sort(b @ d, 0)[0]
+        vals.append((pa - pb).abs().mean().item())
+    return float(np.mean(vals))
+
+
+def swd_levels(x: torch.Tensor, y: torch.Tensor, seed: int = 0, n_per_image: int = 64) -> list[tuple[int, float]]:
+    """[(short side of level, SWD x1e3)] for each Laplacian level, finest first."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for lx, ly in zip(laplacian_pyramid(x), laplacian_pyramid(y), strict=True):
+        out.append((min(lx.shape[-2:]), 1e3 * _swd(_patches(lx, n_per_image, g), _patches(ly, n_per_image, g), g)))
+    return out
+
+
+def fidelity(generated: torch.Tensor, real: torch.Tensor, seed: int = 0) -> dict:
+    """Coarse (levels with short side <= base) and finest-level SWD to real renders."""
+    lv = swd_levels(generated, real, seed)
+    coarse = [v for s, v in lv if s <= BASE_SHORT_SIDE]
+    return {"swd_coarse": float(np.mean(coarse)), "swd_fine": lv[0][1]}
+
+
+def downsample(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    x = F.interpolate(images.movedim(-1, 1), size=(height, width), mode="area")
+    return x.movedim(1, -1)
+
+
+def base_consistency(generated: torch.Tensor, base: torch.Tensor, seed: int = 0) -> float:
+    """SWD (mean over levels) between generated-then-downsampled images and base-size samples."""
+    small = downsample(generated, base.shape[1], base.shape[2])
+    return float(np.mean([v for _, v in swd_levels(small, base, seed)]))
+
+
+def detail_energy(images: torch.Tensor, base_hw: tuple[int, int], erode: int = 2) -> float:
+    """Mean squared high-res-only band (above base Nyquist) inside eroded object masks."""
+    H, W = images.shape[1:3]
+    x = images.movedim(-1, 1)
+    low = F.interpolate(F.interpolate(x, size=base_hw, mode="area"), size=(H, W), mode="bilinear",
+                        align_corners=False)
+    band = (x - low).square().mean(1)
+    m = object_mask(images).float()[:, None]
+    k = 2 * erode + 1
+    m = 1 - F.max_pool2d(1 - m, k, stride=1, padding=erode)  # erosion
+    m = m[:, 0]
+    return float((band * m).sum() / m.sum().clamp_min(1.0))
+
+
+def detail_ratio(generated: torch.Tensor, real: torch.Tensor, base_hw: tuple[int, int]) -> float:
+    return detail_energy(generated, base_hw) / max(detail_energy(real, base_hw), 1e-12)

@@ -1,0 +1,105 @@
+"""The benchmark's base model: ComfyUI's own UNetModel in pixel space, as a real BaseModel/ModelPatcher.
+
+Pixel space is the "latent": 3 channels, scale 1 (images in -1..1, see scenes.to_latent).
+SD1.5's eps schedule (ComfyUI's default ModelSamplingDiscrete: scaled_linear 0.00085..0.012).
+A pure-conv 3-level UNet (no attention), so the conditioning is ignored by the network; ComfyUI's
+sampler still wants a CONDITIONING, so ``positive()``/``negative()`` give a zero cross-attn tensor.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+WEIGHTS = REPO / "benchmark" / "weights" / "base.safetensors"
+
+UNET_CONFIG = dict(
+    image_size=32, in_channels=3, out_channels=3, model_channels=32,
+    num_res_blocks=[1, 1, 1], channel_mult=[1, 2, 2], transformer_depth=[0, 0, 0],
+    transformer_depth_output=[0, 0, 0, 0, 0, 0], transformer_depth_middle=-1,
+    context_dim=None, use_spatial_transformer=False, legacy=False, adm_in_channels=None,
+    use_linear_in_transformer=False, use_temporal_attention=False, use_temporal_resblock=False,
+)
+
+
+def prepare() -> None:
+    """Make ``import comfy`` work in this process (CPU) via the dev host harness."""
+    if str(REPO / "dev") not in sys.path:
+        sys.path.insert(0, str(REPO / "dev"))
+    import hostenv
+
+    hostenv.prepare_in_process()
+
+
+def _classes():
+    import comfy.latent_formats
+    import comfy.supported_models_base
+
+    class PixelLatent(comfy.latent_formats.LatentFormat):
+        """RGB pixels in -1..1 as the latent: 3 channels, scale 1."""
+
+        latent_channels = 3
+        scale_factor = 1.0
+        latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+        latent_rgb_factors_bias = [0.0, 0.0, 0.0]
+
+    class PixelUNet(comfy.supported_models_base.BASE):
+        """Benchmark model family: pixel-space eps UNet (SD1.5 schedule)."""
+
+        unet_config = {"in_channels": 3, "model_channels": 32, "context_dim": None}
+        unet_extra_config = {"num_heads": -1, "num_head_channels": 32}
+        latent_format = PixelLatent
+        memory_usage_factor = 1.0
+        supported_inference_dtypes = [torch.float32]
+
+    return PixelLatent, PixelUNet
+
+
+def build_model(seed: int = 0):
+    """A fresh BaseModel (ComfyUI's UNetModel, default torch init under a fixed seed)."""
+    prepare()
+    _, PixelUNet = _classes()
+    config = PixelUNet(dict(UNET_CONFIG))
+    model = config.get_model({})
+    torch.manual_seed(seed)  # ComfyUI's ops skip init: apply torch's default init, seeded
+    for m in model.diffusion_model.modules():
+        for cls in (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm):
+            if isinstance(m, cls):
+                cls.reset_parameters(m)
+    return model
+
+
+def to_patcher(model):
+    """Wrap a BaseModel as a ModelPatcher on ComfyUI's current device."""
+    import comfy.model_management
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def load_base_model(path: Path | str = WEIGHTS):
+    """The committed trained base model as a ModelPatcher (eval mode, float32)."""
+    import safetensors.torch
+
+    model = build_model(0)
+    sd = safetensors.torch.load_file(str(path))
+    model.diffusion_model.load_state_dict(sd, strict=True)
+    model.diffusion_model.eval()
+    return to_patcher(model)
+
+
+def positive(batch: int = 1) -> list:
+    """CONDITIONING for the unconditional model: a zero cross-attn tensor the UNet ignores."""
+    return [[torch.zeros(batch, 1, 8), {}]]
+
+
+def negative(batch: int = 1) -> list:
+    """Same as positive (cfg 1 never evaluates it; cfg > 1 gives identical uncond)."""
+    return [[torch.zeros(batch, 1, 8), {}]]
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.diffusion_model.parameters())

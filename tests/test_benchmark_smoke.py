@@ -1,0 +1,82 @@
+"""Benchmark: scene renderer and metrics behave as designed; the quick evaluation runs end to end.
+
+No quality threshold on the model here (CI never retrains; BENCHMARK.md): the smoke test checks
+that the real evaluation script, on the committed weights, produces every row with finite numbers.
+"""
+from __future__ import annotations
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench(pack):
+    from self_cascade.benchmark import metrics, scenes
+
+    return scenes, metrics
+
+
+def test_detail_band_exists_only_above_base_size(bench):
+    scenes, metrics = bench
+    sc = scenes.sample_scenes(6, seed=3)
+    b = scenes.BASE_SHORT_SIDE
+    with_d, without = scenes.render(sc, b, b), scenes.render(sc, b, b, detail=False)
+    cover = scenes.render_mask(sc, b, b)
+    whole = (cover == 0) | (cover == 1)  # pixels not cut by an object edge
+    diff = (with_d - without).abs().amax(-1)
+    assert diff[whole].amax() < 1e-5  # the band averages away completely at the base size
+    assert diff.mean() < 0.01  # (only a faint trace in edge pixels)
+    hi, hi_plain = scenes.render(sc, 4 * b, 4 * b), scenes.render(sc, 4 * b, 4 * b, detail=False)
+    assert (hi - hi_plain).abs().amax() > 0.1
+    assert metrics.detail_ratio(hi_plain, hi, (b, b)) < 0.2
+    assert metrics.count_objects(hi) == [1] * 6 and metrics.composition(with_d) == 1.0
+
+
+def test_composition_counts_repeated_objects(bench):
+    scenes, metrics = bench
+    one = scenes.render(scenes.sample_scenes(2, seed=4), 32, 32)
+    two = torch.cat([one[0:1], one[1:2]], dim=2)  # two scenes side by side: two objects
+    assert metrics.count_objects(two) == [2]
+    assert metrics.composition(two) == 0.0
+
+
+def test_fidelity_ranks_blurry_below_real(bench):
+    scenes, metrics = bench
+    b = scenes.BASE_SHORT_SIDE
+    real_a = scenes.render(scenes.sample_scenes(16, seed=5), 4 * b, 4 * b)
+    real_b = scenes.render(scenes.sample_scenes(16, seed=6), 4 * b, 4 * b)
+    small = scenes.render(scenes.sample_scenes(16, seed=5), b, b)
+    blurry = torch.nn.functional.interpolate(small.movedim(-1, 1), scale_factor=4, mode="bicubic").movedim(1, -1)
+    f_real, f_blur = metrics.fidelity(real_a, real_b), metrics.fidelity(blurry.clamp(0, 1), real_b)
+    assert f_blur["swd_fine"] > 2 * f_real["swd_fine"]
+
+
+ROW_NAMES = ["Real renders (reference)", "Base sample, bicubic up (reference)", "Direct", "Hires fix (denoise 0.7)",
+             "Deep Shrink (core)", "Self-Cascade TF", "Self-Cascade T"]
+
+
+def test_quick_benchmark_smoke(tmp_path, pack):
+    """The CI smoke run: real script, committed weights, every row present with finite numbers."""
+    out = tmp_path / "quick"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmark" / "evaluate.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    for name in ROW_NAMES:
+        assert name in rows, f"row {name!r} missing from the table:\n{table}"
+        cells = [c.strip() for c in rows[name].split("|")[2:-1]]
+        nums = [c for c in cells if re.fullmatch(r"-?\d+(\.\d+)?", c)]
+        assert len(nums) >= 5, f"row {name!r} lacks numbers: {rows[name]}"
+        assert all(math.isfinite(float(c)) for c in nums)
+        assert not any(c.lower() in ("nan", "inf", "-inf") for c in cells)
+    assert (out / "grid_4x.png").stat().st_size > 0
+    assert "evaluate.py --quick" in (out / "command.txt").read_text()
