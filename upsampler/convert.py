@@ -31,9 +31,10 @@ def convert_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict") 
     """Map an official state dict onto a fresh official-variant SDXL set; strict about keys and shapes."""
     if isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
-    uset = UpsamplerSet.create(SDXL_TAPS, SDXL_EMB_DIM, SDXL_FAMILY, "official", K=700.0,
-                               end_timestep=100.0, scale=2.0, steps=0,
-                               extra={"source": os.path.basename(source)})
+    with torch.device("meta"):  # shapes only; the weights are assigned from the file below
+        uset = UpsamplerSet.create(SDXL_TAPS, SDXL_EMB_DIM, SDXL_FAMILY, "official", K=700.0,
+                                   end_timestep=100.0, scale=2.0, steps=0,
+                                   extra={"source": os.path.basename(source)})
     ours = uset.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     ignored = []
@@ -49,7 +50,7 @@ def convert_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict") 
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
             raise ValueError(f"{source}: tensor {key!r} has shape {shape}, expected {tuple(ours[new].shape)} "
                              "(is this the SDXL upsampler_only.pth?)")
-        mapped[new] = value.detach().float()
+        mapped[new] = value.detach().float().contiguous()
     missing = sorted(set(ours) - set(mapped))
     if missing:
         raise ValueError(f"{source}: {len(missing)} of {len(ours)} upsampler tensors missing, e.g. "
@@ -57,7 +58,7 @@ def convert_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict") 
     for k, v in mapped.items():
         if not torch.isfinite(v).all():
             raise ValueError(f"{source}: tensor {k!r} contains NaN or Inf")
-    uset.load_state_dict(mapped)
+    uset.load_state_dict(mapped, assign=True)
     return uset
 
 

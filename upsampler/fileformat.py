@@ -99,7 +99,8 @@ def load_upsamplers(path: str, device: str | torch.device = "cpu") -> UpsamplerS
     name = os.path.basename(path)
     info = read_info(path)
     try:
-        uset = UpsamplerSet(info)
+        with torch.device("meta"):  # shapes only; the weights are assigned from the file below
+            uset = UpsamplerSet(info)
     except (ValueError, TypeError) as e:
         raise UpsamplerFileError(f"'{name}': metadata describes an impossible set ({e})") from None
     try:
@@ -119,7 +120,7 @@ def load_upsamplers(path: str, device: str | torch.device = "cpu") -> UpsamplerS
             raise UpsamplerFileError(f"'{name}': tensor {key} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise UpsamplerFileError(f"'{name}': tensor {key} contains NaN or Inf weights (a diverged training run?)")
-    uset.load_state_dict(tensors)
+    uset.load_state_dict(tensors, assign=True)
     return uset.to(device)
 
 
