@@ -127,7 +127,7 @@ def build_model(spec: dict, device: str, seed: int = 0):
 
     config = getattr(comfy.supported_models, spec["family"])(dict(spec["unet"]))
     config.unet_config.update(spec["heads"])
-    dtype = torch.float16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # bf16: random weights overflow less
     config.set_inference_dtype(dtype, None)
     dev = torch.device(device)
     model = config.get_model({}, device=dev)
@@ -231,6 +231,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny sizes and 4 steps (smoke test)")
     p.add_argument("--steps", type=int, default=None, help="whole-schedule length (default 20; 4 with --quick)")
+    p.add_argument("--base-px", type=int, default=None,
+                   help="override the base size in pixels (multiple of 8; e.g. a CPU check of a real-size UNet)")
     p.add_argument("--stages", type=int, default=2, help="cascade stages after the base (2 = 3-stage chain)")
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--sampler", default="euler")
@@ -273,7 +275,8 @@ def run(argv=None) -> list[dict]:
     t_build = time.perf_counter()
     model = build_model(spec, args.device, seed=args.seed)
     cond, uncond = conditioning(spec, args.batch, 1), conditioning(spec, args.batch, 2)
-    b = Bench(model, cond, uncond, spec["base"], args.stages, steps, args.cfg, args.sampler, args.scheduler,
+    base_px = args.base_px or spec["base"]
+    b = Bench(model, cond, uncond, base_px, args.stages, steps, args.cfg, args.sampler, args.scheduler,
               args.K, args.seed, args.batch)
     print(f"model {key} ({sum(p.numel() for p in model.model.diffusion_model.parameters()) / 1e6:.1f} M params, "
           f"{args.device}) built in {time.perf_counter() - t_build:.1f}s")
@@ -290,7 +293,7 @@ def run(argv=None) -> list[dict]:
             b.steps = steps = max(4, fit)
     for n in names[1:]:
         ROWS[n](Bench(**{**b.__dict__, "steps": 2}))
-    px = [spec["base"] * 2 ** i for i in range(args.stages + 1)]
+    px = [base_px * 2 ** i for i in range(args.stages + 1)]
     print(f"{' -> '.join(f'{p}px' for p in px)}, batch {args.batch}, {steps} steps {args.sampler}/{args.scheduler}, "
           f"cfg {args.cfg}, K {args.K:g}, {repeats} repeat(s), median wall time")
     results = measure(b, names, repeats, args.device == "cuda")
