@@ -240,3 +240,22 @@ def test_ksampler_stage_stage_through_server(comfy_server, client, tiny_checkpoi
     t = safetensors.torch.load_file(str(path))["latent_tensor"]
     assert tuple(t.shape) == (1, 4, 24, 16)
     assert torch.isfinite(t).all() and t.std() > 0.01
+
+
+def test_stage_with_real_upsamplers(pack, tiny_model, cond):
+    """Integration with the tuned patch (nodes.patch, freshly initialised upsamplers): the stage runs,
+    the upsamplers change the result, and the incoming model keeps no patch."""
+    from self_cascade.nodes.patch import model_family
+    from self_cascade.nodes.stage import cascade_stage
+    from self_cascade.upsampler.modules import UpsamplerSet
+    from self_cascade.upsampler.taps import derive_taps, emb_dim
+
+    unet = tiny_model.model.diffusion_model
+    uset = UpsamplerSet.create(derive_taps(unet), emb_dim(unet), model_family(tiny_model), "official", 0)
+    lat = _base(tiny_model, cond)
+    opts = repr(tiny_model.model_options)
+    tuned = cascade_stage(tiny_model, cond, cond, lat, **STAGE, upsamplers=uset, end_timestep=0.0)["samples"]
+    plain = cascade_stage(tiny_model, cond, cond, lat, **STAGE)["samples"]
+    assert tuned.shape == plain.shape == (1, 4, 8, 12) and torch.isfinite(tuned).all()
+    assert (tuned - plain).abs().max() > 1e-3, "the upsamplers had no effect"
+    assert repr(tiny_model.model_options) == opts
