@@ -16,11 +16,12 @@ from .pivot import check_latent
 logger = logging.getLogger(__name__)
 
 K_TOOLTIP = ("The paper's K: the timestep (out of 1000) the upsampled pivot is diffused back to before "
-             "denoising K -> 0. 700 = the paper's default (about denoise 0.7: 50 steps execute about 35). "
-             "Lower keeps more of the pivot, higher lets the model change more. Must lie in (0, 1000).")
+             "denoising K -> 0. 700 = the paper's default (about denoise 0.7: of 50 'normal' steps 36 run). "
+             "Lower keeps more of the pivot, higher lets the model change more. Must lie in (0, 1000). Mapped with "
+             "the model's own schedule (flow models: the point K/1000 of the way through it).")
 STEPS_TOOLTIP = ("Length of the WHOLE schedule from pure noise to 0. Only the part from K down to 0 runs "
-                 "(50 steps at K=700 execute about 35, as in the paper) - unlike KSampler's 'denoise', which "
-                 "keeps the executed count fixed. Executed / steps is the denoise equivalent.")
+                 "(50 steps at K=700 execute 35-36 depending on the scheduler, as in the paper) - unlike KSampler's "
+                 "'denoise', which keeps the executed count fixed. Executed / steps is the denoise equivalent.")
 SEED_TOOLTIP = ("Noise seed. Batch entry i uses its own generator seeded with seed + batch_index[i] (seed + i "
                 "without a batch_index), so a batch of 3 equals three single runs with seeds s, s+1, s+2. "
                 "This differs from KSampler, which draws the whole batch from one generator.")
