@@ -143,3 +143,25 @@ def test_api_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_check
     expected = 256 if name.startswith("sd15") else 128  # 64 -> 128 -> 256 (two stages) or one stage
     assert img.size == (expected, expected)
     assert "queued" in proc.stderr and "override: Positive Prompt.text='a small test'" in proc.stderr
+
+
+def test_train_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_checkpoint, tmp_path):
+    """The training workflow on a folder under the server's input/ (2 seeded images), 2 steps at 64 px."""
+    import numpy as np
+    from PIL import Image
+
+    folder = comfy_server.base_dir / "input" / "sc_train_test"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    save_name = f"trained_{tmp_path.name}"
+    sets = {"folder": "sc_train_test", "width": 64, "height": 64, "steps": 2, "checkpoint_every": 0,
+            "save_name": save_name}
+    args = [a for k, v in sets.items() for a in ("--set", f"Train Upsamplers.{k}={v}")]
+    proc = run_cli("train_upsamplers", "--server", comfy_server.url, "--checkpoint", tiny_checkpoint,
+                   "--out", str(tmp_path), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:] + comfy_server.log()[-3000:]
+    saved = [Path(line) for line in proc.stdout.split()]
+    assert len(saved) == 1 and Image.open(saved[0]).size[0] > 64  # the loss curve
+    assert (comfy_server.base_dir / "models" / "self_cascade" / f"{save_name}.safetensors").is_file()

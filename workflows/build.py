@@ -58,9 +58,15 @@ sampler. Chain the block again for the next stage. Add SelfCascadeApplyUpsampler
 the Pivot Upsample output) for the tuned variant."""
 
 NOTE_TRAIN = """Train Self-Cascade upsamplers from a folder of high-resolution images (base model frozen).
-Put the images (and optional same-name .txt captions) in ComfyUI/input/<folder>/ and name the folder.
-The result is saved into ComfyUI/models/self_cascade/<save_name> and appears in 'Load Upsamplers'.
-A few hundred steps on a handful of images already help; the loss curve shows progress."""
+- folder: a subfolder of ComfyUI/input/ with the images (and optional same-name .txt captions);
+  prompt is used for images without a caption.
+- width/height: the training crop = the HIGH-resolution stage size (e.g. 1024 for SD1.5, 2x native);
+  every image must be at least that big. scale 2.0: the pivot is the crop downsampled 2x.
+- steps: the paper adapts in about 10k; a few hundred on a handful of images already help.
+- K / end_timestep: use the values you sample with (700 / 100).
+- save_name: written to ComfyUI/models/self_cascade/<save_name>.safetensors (never overwritten unless
+  resume is on) and then appears in 'Load Upsamplers' (workflow sd15_cascade_2048_upsamplers).
+- Cancel keeps a resumable checkpoint; set resume to continue. The loss curve is saved as an image."""
 
 
 def _base(g: Graph, ckpt: str, size: int, steps: int = 30, cfg: float = 7.5, sdxl: bool = False):
@@ -148,12 +154,15 @@ def composable_pivot_renoise() -> Graph:
 def train_upsamplers() -> Graph:
     g = Graph("train_upsamplers")
     ck = g.add("CheckpointLoaderSimple", "Load Checkpoint", 0, 0, ckpt_name=SD15_CKPT)
-    pos = g.add("CLIPTextEncode", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text="a high resolution photograph")
-    tr = g.add("SelfCascadeTrainUpsamplers", "Train Upsamplers", 2.2, 0, 360, model=out(ck, 0), vae=out(ck, 2),
-               positive=out(pos), folder="self_cascade_train", save_name="sd15_upsamplers.safetensors")
-    prev = g.add("PreviewImage", "Loss Curve", 3.3, 0, 400, images=out(tr, 1))
-    g.group("Training", [ck, pos, tr, prev])
-    g.note(NOTE_TRAIN, 0, 12, 700, 180)
+    tr = g.add("SelfCascadeTrainUpsamplers", "Train Upsamplers", 1, 0, 380, model=out(ck, 0), vae=out(ck, 2),
+               clip=out(ck, 1), folder="self_cascade_train", prompt="a high resolution photograph",
+               caption_dropout=0.1, width=1024, height=1024, scale=2.0, steps=1000, learning_rate=5e-5,
+               batch_size=1, K=700.0, end_timestep=100.0, pivot_mode="downsample", variant="official",
+               variant_size=0, seed=0, save_name="sd15_upsamplers", checkpoint_every=100, resume=False)
+    save = g.add("SaveImage", "Save Loss Curve", 2.2, 0, 400, images=out(tr, 1),
+                 filename_prefix="self_cascade/train_loss")
+    g.group("Training", [ck, tr, save])
+    g.note(NOTE_TRAIN, 2.2, 9, 460, 330)
     return g
 
 
