@@ -176,3 +176,24 @@ def test_renoise_node_rejects_bad_latents(pack, tiny_model):
         renoise_latent(tiny_model, {"samples": torch.randn(1, 4, 8, 8)}, 700, 0, 0, "normal")
     with pytest.raises(SelfCascadeError, match="'scheduler'"):
         renoise_latent(tiny_model, {"samples": torch.randn(1, 4, 8, 8)}, 700, 0, 50, "nope")
+
+
+def test_handoff_to_sampler_custom_advanced_flow(pack):
+    """The same hand-off through SamplerCustomAdvanced (DisableNoise + CFGGuider nodes) on a flow model."""
+    import comfy.sample
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import CFGGuider, DisableNoise, SamplerCustomAdvanced
+    from self_cascade.nodes.renoise import renoise_latent
+    from self_cascade.upsampler.renoise import per_sample_noise
+
+    model = FAMILIES["flow"](seed=1)
+    cond = tiny_models.conditioning(4)
+    pivot = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    out, sigmas = renoise_latent(model, {"samples": pivot}, 600, 5, 10, "simple")
+    guider = CFGGuider.execute(model, cond, cond, 3.0).result[0]
+    sampler = comfy.samplers.sampler_object("euler")
+    via_nodes = SamplerCustomAdvanced.execute(DisableNoise.execute().result[0], guider, sampler, sigmas,
+                                              out).result[0]["samples"]
+    direct = comfy.sample.sample_custom(model, per_sample_noise(pivot.shape, 5), 3.0, sampler, sigmas,
+                                        cond, cond, pivot, seed=5)
+    assert (via_nodes - direct).abs().max().item() < 1e-4 * max(1.0, direct.abs().max().item())
