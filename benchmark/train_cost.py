@@ -28,9 +28,10 @@ PRESETS = {
     "tiny": dict(unet=dict(model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1],
                            transformer_depth=[1, 1], transformer_depth_output=[1, 1, 1, 1]), context=32, res=16),
     "small": dict(unet=dict(model_channels=64, channel_mult=[1, 2, 4], num_res_blocks=[2, 2, 2],
-                            transformer_depth=[1, 1, 1], transformer_depth_output=[1] * 9), context=128, res=32),
+                            transformer_depth=[1] * 6, transformer_depth_output=[1] * 9), context=128, res=32),
     "sd15": dict(unet=dict(model_channels=320, channel_mult=[1, 2, 4, 4], num_res_blocks=[2, 2, 2, 2],
-                           transformer_depth=[1, 1, 1, 0], transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]),
+                           transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
+                           transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]),
                  context=768, res=64),
 }
 METHODS = ("upsamplers", "lora", "full")

@@ -189,3 +189,103 @@ def test_loss_curve_image(pack):
     img = draw_loss_curve([1.0, 0.5, float("nan"), 0.25])
     assert img.shape == (1, 256, 512, 3) and 0 <= float(img.min()) and float(img.max()) <= 1
     assert float(img.std()) > 0.01
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd21v"])
+def test_other_families_train(pack, family):
+    """SDXL (ADM y from the crop size via process_conds) and v-prediction models train and stay finite."""
+    import tiny_models
+    from self_cascade.nodes.train import train_upsamplers
+
+    model = tiny_models.tiny_sdxl(seed=0) if family == "sdxl" else tiny_models.tiny_sd21v(seed=0)
+    positive = tiny_models.conditioning(seed=3, pooled=family == "sdxl")
+    res = train_upsamplers(model, make_images(2), fake_vae_encode, positive, config=config(pack, steps=3, batch_size=1),
+                           interrupt_check=lambda: None)
+    assert res.steps_done == 3 and all(math.isfinite(v) for v in res.losses)
+    assert res.upsamplers.info.family == ("SDXL" if family == "sdxl" else "SD20")
+
+
+def test_generated_pivots_per_image_captions_and_dropout(pack, tiny_model):
+    """pivot_mode 'generated' (base-model samples), one conditioning per image, caption dropout."""
+    import tiny_models
+    from self_cascade.nodes.train import train_upsamplers
+
+    per_image = [tiny_models.conditioning(seed=s) for s in (1, 2)]
+    empty = tiny_models.conditioning(seed=9)
+    res = train_upsamplers(tiny_model, make_images(2), fake_vae_encode, per_image,
+                           config=config(pack, steps=3, batch_size=2, pivot_mode="generated", generated_steps=2,
+                                         caption_dropout=0.5),
+                           interrupt_check=lambda: None, empty=empty)
+    assert res.steps_done == 3 and all(math.isfinite(v) for v in res.losses)
+
+
+def test_folder_input_is_confined_and_converted(pack, tmp_path):
+    from PIL import Image
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.train_data import load_folder
+
+    root = tmp_path / "input"
+    (root / "ok").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGBA", (40, 30), (10, 20, 30, 128)).save(root / "ok" / "a.png")
+    Image.new("L", (20, 20), 77).save(root / "ok" / "b.png")
+    (root / "ok" / "b.txt").write_text("a caption\n")
+    data = load_folder("ok", str(root))
+    assert data.names == ["a.png", "b.png"] and data.captions == [None, "a caption"]
+    assert [tuple(i.shape) for i in data.images] == [(30, 40, 3), (20, 20, 3)]
+    os.symlink(outside, root / "escape")
+    Image.new("RGB", (8, 8)).save(outside / "x.png")
+    os.symlink(outside / "x.png", root / "ok" / "link.png")
+    for bad, msg in (("escape", "outside"), ("../outside", "'..'"), (str(outside), "absolute"), ("nope", "does not exist")):
+        with pytest.raises(SelfCascadeError, match=msg):
+            load_folder(bad, str(root))
+    with pytest.raises(SelfCascadeError, match=r"link.png \(symlink outside"):
+        load_folder("ok", str(root))
+
+
+def test_node_schema_and_nan_message(pack, tiny_model, monkeypatch, tmp_path):
+    import folder_paths
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.train import SelfCascadeTrainUpsamplers
+
+    schema = SelfCascadeTrainUpsamplers.define_schema()
+    assert schema.is_experimental and schema.category == "sampling/self_cascade/training"
+    assert all(i.tooltip for i in schema.inputs) and all(o.tooltip for o in schema.outputs)
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "self_cascade", ([str(tmp_path / "self_cascade")], {".safetensors"}))
+
+    class NanVAE:  # stands in for a VAE whose latents are NaN
+        def encode(self, px):
+            return fake_vae_encode(px) * float("nan")
+
+    kw = dict(width=64, height=64, scale=2.0, steps=2, learning_rate=1e-3, batch_size=1, K=700.0, end_timestep=100.0,
+              pivot_mode="downsample", variant="official", variant_size=0, seed=0, save_name="d_nan",
+              checkpoint_every=1, resume=False, images=make_images(1), conditioning=cond(), caption_dropout=0.0)
+    with pytest.raises(SelfCascadeError, match="non-finite loss .* no checkpoint had been written"):
+        SelfCascadeTrainUpsamplers.execute(model=tiny_model, vae=NanVAE(), **kw)
+    assert not (tmp_path / "self_cascade" / "d_nan.safetensors").exists()
+
+
+def test_nan_midway_keeps_last_good_checkpoint(pack, tiny_model, tmp_path):
+    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.upsampler.checkpoint import load_checkpoint
+
+    calls = {"n": 0}
+
+    def poison(module, args, out):  # the 4th training forward returns NaN
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == 4 else out
+
+    handle = tiny_model.model.diffusion_model.out.register_forward_hook(poison)
+    try:
+        path = str(tmp_path / "d.safetensors")
+        res = train_upsamplers(tiny_model, make_images(1), fake_vae_encode, cond(),
+                               config=config(pack, steps=6, batch_size=1, checkpoint_every=2), save_path=path,
+                               interrupt_check=lambda: None)
+    finally:
+        handle.remove()
+    assert res.stopped_reason == "non-finite loss (nan) at step 4" and res.steps_done == 3
+    assert res.checkpoint_step == 2 and not os.path.exists(path)
+    ckpt = load_checkpoint(res.checkpoint_path)
+    assert ckpt.step == 2 and all(torch.isfinite(v).all() for v in ckpt.weights.values())
