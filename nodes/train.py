@@ -74,21 +74,24 @@ def _precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 def _gradient_checkpointing(stack: ExitStack, unet: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> bool:
-    """Recompute each UNet block in backward (instance-level, undone on exit)."""
+    """Recompute every layer of every UNet block in backward (instance-level ``forward``, undone on
+    exit). Layers, not blocks: ``forward_timestep_embed`` calls a block's layers directly."""
     on = cfg.gradient_checkpointing == "on" or (cfg.gradient_checkpointing == "auto" and device.type == "cuda")
     if not on:
         return False
     import torch.utils.checkpoint as tuc
 
     blocks = list(unet.input_blocks) + [unet.middle_block] + list(unet.output_blocks)
-    for block in blocks:
-        orig = block.forward
+    for layer in (layer for block in blocks for layer in block):
+        orig = layer.forward
 
         def fwd(*a, _orig=orig, **k):
+            if not torch.is_grad_enabled():
+                return _orig(*a, **k)
             return tuc.checkpoint(_orig, *a, use_reentrant=False, **k)
 
-        block.forward = fwd
-        stack.callback(block.__dict__.pop, "forward", None)
+        layer.forward = fwd
+        stack.callback(layer.__dict__.pop, "forward", None)
     return True
 
 

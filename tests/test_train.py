@@ -289,3 +289,35 @@ def test_nan_midway_keeps_last_good_checkpoint(pack, tiny_model, tmp_path):
     assert res.checkpoint_step == 2 and not os.path.exists(path)
     ckpt = load_checkpoint(res.checkpoint_path)
     assert ckpt.step == 2 and all(torch.isfinite(v).all() for v in ckpt.weights.values())
+
+
+def test_gradient_checkpointing_gives_the_same_run(pack, tiny_model, monkeypatch):
+    """On CPU 'auto' is off; forced on, every UNet layer is recomputed in backward: same losses, and
+    the layers' forward methods are restored afterwards."""
+    import torch.utils.checkpoint as tuc
+    from self_cascade.nodes.train import train_upsamplers
+
+    real = tuc.checkpoint
+    count = {"wrapped": 0, "ran": 0}
+
+    def counting(fn, *a, **k):
+        count["wrapped"] += 1
+
+        def run(*aa, **kk):
+            count["ran"] += 1
+            return fn(*aa, **kk)
+
+        return real(run, *a, **k)
+
+    monkeypatch.setattr(tuc, "checkpoint", counting)
+    unet = tiny_model.model.diffusion_model
+    runs = {}
+    for mode in ("off", "on"):
+        runs[mode] = train_upsamplers(tiny_model, make_images(1), fake_vae_encode, cond(),
+                                      config=config(pack, steps=3, batch_size=1, gradient_checkpointing=mode),
+                                      interrupt_check=lambda: None).losses
+        if mode == "off":
+            assert count == {"wrapped": 0, "ran": 0}
+    assert runs["on"] == pytest.approx(runs["off"], rel=1e-5)
+    assert count["wrapped"] > 0 and count["ran"] > count["wrapped"], f"no recompute in backward: {count}"
+    assert all("forward" not in layer.__dict__ for block in unet.input_blocks for layer in block)
