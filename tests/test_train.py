@@ -321,3 +321,35 @@ def test_gradient_checkpointing_gives_the_same_run(pack, tiny_model, monkeypatch
     assert runs["on"] == pytest.approx(runs["off"], rel=1e-5)
     assert count["wrapped"] > 0 and count["ran"] > count["wrapped"], f"no recompute in backward: {count}"
     assert all("forward" not in layer.__dict__ for block in unet.input_blocks for layer in block)
+
+
+def test_comfy_interrupt_saves_checkpoint_and_existing_name_is_kept(pack, tiny_model, tmp_path):
+    """ComfyUI's own interrupt flag (the default check) -> checkpoint at the last step, re-raised;
+    a second run on the same save name without resume refuses to overwrite."""
+    import comfy.model_management as mm
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.upsampler.checkpoint import load_checkpoint
+
+    path = str(tmp_path / "i.safetensors")
+
+    def progress(step, total, loss):
+        if step == 2:
+            mm.interrupt_current_processing(True)
+
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            train_upsamplers(tiny_model, make_images(1), fake_vae_encode, cond(), progress=progress,
+                             config=config(pack, steps=5, batch_size=1, checkpoint_every=0), save_path=path)
+    finally:
+        mm.interrupt_current_processing(False)
+    ckpt_file = path.replace(".safetensors", ".ckpt.safetensors")
+    assert load_checkpoint(ckpt_file).step == 2
+    before = open(ckpt_file, "rb").read()
+    with pytest.raises(SelfCascadeError, match="already exists"):
+        train_upsamplers(tiny_model, make_images(1), fake_vae_encode, cond(), save_path=path,
+                         config=config(pack, steps=5, batch_size=1), interrupt_check=lambda: None)
+    assert open(ckpt_file, "rb").read() == before
+    with pytest.raises(SelfCascadeError, match="settings changed .*width"):
+        train_upsamplers(tiny_model, make_images(1), fake_vae_encode, cond(), save_path=path, resume=True,
+                         config=config(pack, steps=5, batch_size=1, width=80, height=80), interrupt_check=lambda: None)
