@@ -118,6 +118,24 @@ def tf_cascade(b: Bench):
     return latent["samples"]
 
 
+@row("t_cascade")
+def t_cascade(b: Bench):
+    """Tuned Self-Cascade: tf_cascade with freshly initialised light upsamplers (cost only; B's patch)."""
+    from self_cascade.nodes.patch import model_family
+    from self_cascade.nodes.stage import cascade_stage
+    from self_cascade.upsampler.modules import UpsamplerSet
+    from self_cascade.upsampler.taps import derive_taps, emb_dim
+
+    unet = b.model.get_model_object("diffusion_model")
+    uset = UpsamplerSet.create(derive_taps(unet), emb_dim(unet), model_family(b.model), "light")
+    latent = {"samples": _sample_full(b, b.size(0))}
+    for _ in range(b.stages):
+        latent = cascade_stage(b.model, b.positive, b.negative, latent, scale=2.0, upscale_method="bicubic",
+                               seed=b.seed, steps=b.steps, cfg=b.cfg, sampler_name=b.sampler,
+                               scheduler=b.scheduler, K=b.K, upsamplers=uset, disable_pbar=True)
+    return latent["samples"]
+
+
 def build_model(spec: dict, device: str, seed: int = 0):
     """A real ComfyUI BaseModel/ModelPatcher of ``spec`` with seeded random weights (no downloads)."""
     import comfy.model_management
