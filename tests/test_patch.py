@@ -225,3 +225,33 @@ def test_composes_with_freeu_and_deep_shrink(mods, plain_sample, other):
         out = sample(apply_other(ours(model)) if ours_first else ours(apply_other(model)))
         assert torch.isfinite(out).all() and len(calls) == 2 * len(uset.taps), ours_first  # ours still active
         assert not torch.equal(out, only_other)
+
+
+def test_injection_trains_through_the_patch_and_pivot_can_be_swapped(mods):
+    """Engineer D's use: gradients reach only the upsamplers; assigning .pivot changes the features."""
+    import comfy.patcher_extension
+
+    patch, _, _ = mods
+    model = tiny_models.tiny_sd15(0)
+    uset = fresh_set(model, mods, "light")
+    x, t, ctx, y, pivot = inputs(False, 1, 8, 8)
+    inj = patch.UpsamplerInjection(uset, pivot, 1.0, 100.0)
+    patched = inj.install(model)
+    unet = model.get_model_object("diffusion_model")
+    to = {"cond_or_uncond": [0], "wrappers": comfy.patcher_extension.copy_nested_dicts(patched.wrappers)}
+    seen = []
+    uset.ups[0].register_forward_hook(lambda m, a, o: seen.append((a[0].requires_grad, a[1].requires_grad, o.requires_grad)))
+    with torch.inference_mode(False), torch.enable_grad():
+        out = unet(x, timesteps=t, context=ctx, transformer_options=dict(to))
+        out.square().mean().backward()
+    grads = {n: p.grad for n, p in uset.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "proj_out" in n)  # the zero-init output layer learns
+    assert seen == [(False, False, True)]  # pivot features and emb come from the no_grad frozen pass
+    with torch.no_grad():
+        for p in uset.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+        first = unet(x, timesteps=t, context=ctx, transformer_options=dict(to))
+        inj.pivot = pivot + 1.0
+        second = unet(x, timesteps=t, context=ctx, transformer_options=dict(to))
+    assert not torch.equal(first, second)
