@@ -331,6 +331,28 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, folder: str = "", save_name: str = "", **kwargs):
+        """Re-run when the folder's files or the saved files change (ComfyUI caches otherwise)."""
+        import folder_paths
+
+        from .common import model_folder_path
+        from .train_data import resolve_input_folder
+
+        try:
+            stamp = []
+            if folder and folder.strip():
+                path = resolve_input_folder(folder, folder_paths.get_input_directory())
+                for name in sorted(os.listdir(path)):
+                    st = os.stat(os.path.join(path, name))
+                    stamp.append((name, st.st_mtime_ns, st.st_size))
+            final = save_path_for(save_name, model_folder_path())
+            for f in (final, checkpoint_path_for(final)):
+                stamp.append((os.path.basename(f), os.stat(f).st_mtime_ns if os.path.exists(f) else None))
+            return repr(stamp)
+        except (OSError, ValueError):
+            return float("nan")  # never equal: run, and let execute() report the problem
+
+    @classmethod
     def execute(cls, model, vae, width, height, scale, steps, learning_rate, batch_size, K, end_timestep, pivot_mode,
                 variant, variant_size, seed, save_name, checkpoint_every, resume, images=None, folder="", clip=None,
                 prompt="", conditioning=None, caption_dropout=0.1) -> io.NodeOutput:

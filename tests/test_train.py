@@ -353,3 +353,24 @@ def test_comfy_interrupt_saves_checkpoint_and_existing_name_is_kept(pack, tiny_m
     with pytest.raises(SelfCascadeError, match="settings changed .*width"):
         train_upsamplers(tiny_model, make_images(1), fake_vae_encode, cond(), save_path=path, resume=True,
                          config=config(pack, steps=5, batch_size=1, width=80, height=80), interrupt_check=lambda: None)
+
+
+def test_fingerprint_follows_folder_and_saved_files(pack, monkeypatch, tmp_path):
+    import folder_paths
+    from PIL import Image
+    from self_cascade.nodes.train import SelfCascadeTrainUpsamplers as Node
+
+    (tmp_path / "input" / "imgs").mkdir(parents=True)
+    monkeypatch.setattr(folder_paths, "get_input_directory", lambda: str(tmp_path / "input"))
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "self_cascade", ([str(tmp_path / "sc")], {".safetensors"}))
+    Image.new("RGB", (8, 8)).save(tmp_path / "input" / "imgs" / "a.png")
+    first = Node.fingerprint_inputs(folder="imgs", save_name="x")
+    assert first == Node.fingerprint_inputs(folder="imgs", save_name="x")
+    Image.new("RGB", (8, 8)).save(tmp_path / "input" / "imgs" / "b.png")
+    second = Node.fingerprint_inputs(folder="imgs", save_name="x")
+    assert second != first
+    (tmp_path / "sc" / "x.safetensors").write_bytes(b"0")
+    assert Node.fingerprint_inputs(folder="imgs", save_name="x") != second
+    bad = Node.fingerprint_inputs(folder="../etc", save_name="x")
+    assert bad != bad  # NaN: always re-run so execute() reports the error
