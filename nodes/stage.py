@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def _validate(model, latent: dict, *, scale, upscale_method, steps, sampler_name, scheduler, K, strength,
-              end_timestep, width, height):
+              end_timestep, width, height, tuned):
     """Every input check of a stage, before any work. Returns the model-checked samples."""
     import comfy.samplers
 
@@ -42,10 +42,11 @@ def _validate(model, latent: dict, *, scale, upscale_method, steps, sampler_name
     if not (width or height) and float(scale) < 1.0:
         raise SelfCascadeError(f"'scale' = {scale} would shrink the image; Self-Cascade goes up in size. "
                                "Use a scale >= 1 (2.0 = the paper's stage, 4x the pixels).")
-    if float(strength) < 0.0:
+    if tuned and not float(strength) >= 0.0:
         raise SelfCascadeError(f"'strength' = {strength} is negative; use 0 (off) to 1 (as trained) or more.")
-    if not (0.0 <= float(end_timestep) < 1000.0):
-        raise SelfCascadeError(f"'end_timestep' = {end_timestep} must lie in [0, 1000) (paper: 100).")
+    if tuned and not float(end_timestep) < 1000.0:
+        raise SelfCascadeError(f"'end_timestep' = {end_timestep} would switch the upsamplers off for every step; "
+                               "use a value below 1000 (paper: 100).")
     pivot_size(samples, scale, width, height)  # raises on sizes that are not multiples of 8 or shrink
     return samples
 
@@ -65,7 +66,7 @@ def cascade_stage(model, positive, negative, latent: dict, *, scale: float, upsc
 
     samples = _validate(model, latent, scale=scale, upscale_method=upscale_method, steps=steps,
                         sampler_name=sampler_name, scheduler=scheduler, K=K, strength=strength,
-                        end_timestep=end_timestep, width=width, height=height)
+                        end_timestep=end_timestep, width=width, height=height, tuned=upsamplers is not None)
     prev = dict(latent)
     prev["samples"] = samples
     pivot = upsample_pivot(prev, scale, upscale_method, width, height)

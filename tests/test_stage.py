@@ -138,6 +138,19 @@ def test_bad_input_raises_before_sampling(pack, tiny_model, cond, monkeypatch, o
         cascade_stage(tiny_model, cond, cond, latent, **{**STAGE, **over})
 
 
+@pytest.mark.parametrize("over,message", [(dict(strength=-0.5), "'strength'"), (dict(end_timestep=1000.0), "'end_timestep'")])
+def test_bad_tuned_input_raises_before_patching(pack, tiny_model, cond, monkeypatch, over, message):
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.stage import cascade_stage
+
+    def no_patch(*a, **k):
+        raise AssertionError("patched before the input was validated")
+
+    monkeypatch.setitem(sys.modules, "self_cascade.nodes.patch", types.SimpleNamespace(apply_upsamplers=no_patch))
+    with pytest.raises(SelfCascadeError, match=message):
+        cascade_stage(tiny_model, cond, cond, {"samples": torch.randn(1, 4, 4, 6)}, **STAGE, upsamplers="UPS", **over)
+
+
 def test_progress_bar_and_cancel(pack, tiny_model, cond):
     """The stage reports each executed step through ComfyUI's progress hook; an interrupt raised there
     (as the server's hook does, main.py) stops sampling, exactly as for core KSampler."""
