@@ -128,19 +128,19 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_api_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_checkpoint, upsampler_file, name, tmp_path):
-    """Each API workflow, sizes/steps overridden small (base 64 px, 4 steps), queued with queue_workflow.py."""
+    """Each API workflow, sizes/steps overridden small (base 32 px, 4 steps), queued with queue_workflow.py."""
     from PIL import Image
 
     has_ups = any(n["class_type"] == "SelfCascadeUpsamplerLoader" for n in _api(name).values())
     extra = ["--upsampler", upsampler_file] if has_ups else []
-    proc = run_cli(name, "--server", comfy_server.url, "--checkpoint", tiny_checkpoint, "--width", "64",
-                   "--height", "64", "--steps", "4", "--seed", "3", "--prompt", "a small test", "--out",
+    proc = run_cli(name, "--server", comfy_server.url, "--checkpoint", tiny_checkpoint, "--width", "32",
+                   "--height", "32", "--steps", "4", "--seed", "3", "--prompt", "a small test", "--out",
                    str(tmp_path), "--progress-every", "2", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:] + comfy_server.log()[-3000:]
     saved = [Path(line) for line in proc.stdout.split()]
     assert len(saved) == 1 and saved[0].parent == tmp_path, proc.stdout
     img = Image.open(saved[0])
-    expected = 256 if name.startswith("sd15") else 128  # 64 -> 128 -> 256 (two stages) or one stage
+    expected = 128 if name.startswith("sd15") else 64  # 32 -> 64 -> 128 (two stages) or one stage
     assert img.size == (expected, expected)
     assert "queued" in proc.stderr and "override: Positive Prompt.text='a small test'" in proc.stderr
 

@@ -8,8 +8,8 @@ server's ``/object_info`` it writes:
 - the UI format the frontend saves (``nodes`` with id/type/pos/size/inputs/outputs/
   widgets_values, ``links`` as ``[id, from, from_slot, to, to_slot, type]``, ``groups``,
   version 0.4). ``widgets_values`` follow the /object_info input order (required, then
-  optional); an INT with ``control_after_generate`` is followed by its control value ("fixed"),
-  as the frontend stores it.
+  optional); a widget with a "control after generate" companion (see ``has_control``) is
+  followed by its control value ("fixed"), as the frontend stores it.
 
 ``ui_to_api`` converts a UI workflow back the way the frontend does (Note nodes dropped), so a
 test can show the two files describe the same graph. Standard library only.
@@ -83,8 +83,16 @@ def is_widget(spec: list) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
 
 
-def has_control(spec: list) -> bool:
-    return len(spec) > 1 and isinstance(spec[1], dict) and bool(spec[1].get("control_after_generate"))
+def has_control(spec: list, name: str) -> bool:
+    """Whether the frontend adds a "control after generate" widget (stored after the value).
+
+    As ComfyUI's frontend decides it: the input's ``control_after_generate`` flag, or, when the
+    flag is absent, an INT named ``seed`` / ``noise_seed``.
+    """
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return spec[0] == "INT" and name in ("seed", "noise_seed")
 
 
 def _check_node(info: dict, node: Node) -> None:
@@ -137,7 +145,7 @@ def to_ui(graph: Graph, info: dict, extra_notes_color: str = "#432") -> dict:
             v = api[str(node.id)]["inputs"].get(name)
             if is_widget(spec):
                 widgets.append(v if v is not None else (spec[1].get("default") if len(spec) > 1 else None))
-                if has_control(spec):
+                if has_control(spec, name):
                     widgets.append("fixed")
                 continue
             link = next((link for link in links if link[3] == node.id and link[6] == name), None)
@@ -222,7 +230,7 @@ def ui_to_api(ui: dict, info: dict) -> dict:
                 if not values:
                     raise ValueError(f"node {node['id']} ({node['type']}): too few widgets_values (at {name!r})")
                 v = values.pop(0)
-                if has_control(spec):
+                if has_control(spec, name):
                     control = values.pop(0) if values else None
                     if control not in ("fixed", "increment", "decrement", "randomize"):
                         raise ValueError(f"node {node['id']}: {name} control value {control!r}")
