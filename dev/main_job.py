@@ -1,27 +1,144 @@
-"""Main job (placeholder until the cascade lands): start the real host and list the pack's nodes."""
+"""The main job (``dev/run``): Self-Cascade end to end, writing images a newcomer can look at.
+
+- No arguments: the embedded default. The small pixel-space model trained for the benchmark
+  (benchmark/model.py, weights in benchmark/weights/; ~1 M parameters, procedural scenes, not
+  Stable Diffusion) samples a 16x16 base image, a direct 64x64 image (the same model asked for
+  16x the pixels at once) and the Self-Cascade 16 -> 32 -> 64 (the pack's ``cascade_stage``,
+  K=700), for a few seeds. Writes into ``out/main_job/``: ``comparison.png`` (rows = seeds;
+  columns = base, direct, cascade; enlarged 4x, nearest) and each image separately.
+- ``--checkpoint /path/to/sd15.safetensors``: starts the real ComfyUI server (dev host) with the
+  pack, links the checkpoint into its models/checkpoints/, runs shipped workflow 1
+  (workflows/api/sd15_cascade_2048.json, 512 -> 1024 -> 2048) headless with queue_workflow.py's
+  overrides and saves the 2048 px image into ``out/main_job/``.
+"""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflows" / "api"))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "dev"))
+sys.path.insert(0, str(REPO / "workflows" / "api"))
 import hostenv  # noqa: E402
-from comfy_client import ComfyClient  # noqa: E402
+
+DEFAULT_OUT = REPO / "out" / "main_job"
+ZOOM = 4
 
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with tempfile.TemporaryDirectory() as tmp:
-        server = hostenv.start_server(Path(tmp))
+def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
+    """Base vs direct vs cascade on the benchmark's small trained model, in process."""
+    import torch
+
+    hostenv.prepare_in_process()
+    sys.path.append(str(REPO))  # after ComfyUI's root: its top-level `nodes` module must win
+    import comfy.utils
+    from PIL import Image, ImageDraw
+
+    import nodes as comfy_nodes
+    from benchmark import model as bm
+    from benchmark import scenes
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    hostenv.load_pack()
+    from self_cascade.nodes.stage import cascade_stage
+
+    if not bm.WEIGHTS.is_file():
+        raise SystemExit(f"the embedded default model is missing: {bm.WEIGHTS.relative_to(REPO)} "
+                         "(train it with benchmark/train_base.py)")
+    model = bm.load_base_model()
+    pos, neg = bm.positive(), bm.negative()
+    base_hw, target_hw = (16, 16), (64, 64)
+
+    def ksample(latent: torch.Tensor, seed: int) -> torch.Tensor:
+        return comfy_nodes.common_ksampler(model, seed, steps, 1.0, "euler", "normal", pos, neg,
+                                           {"samples": latent})[0]["samples"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows, written = [], []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        base = ksample(torch.zeros(1, 3, *base_hw), seed)
+        direct = ksample(torch.zeros(1, 3, *target_hw), seed)
+        lat = {"samples": base}
+        for _ in range(2):  # 16 -> 32 -> 64; the pixel-space model has no 8 px latent cell, so scale is used
+            lat = cascade_stage(model, pos, neg, lat, scale=2.0, upscale_method="bicubic", seed=seed, steps=steps,
+                                cfg=1.0, sampler_name="euler", scheduler="normal", K=700.0, disable_pbar=True)
+        row = {}
+        for name, latent in (("base", base), ("direct", direct), ("cascade", lat["samples"])):
+            arr = (scenes.from_latent(latent)[0].numpy() * 255).round().astype("uint8")
+            img = Image.fromarray(arr)
+            path = out / f"{name}_seed{seed}.png"
+            img.save(path)
+            written.append(path)
+            row[name] = img
+        rows.append(row)
+        logging.info("seed %d: base %s, direct %s, cascade %s in %.1fs", seed, base_hw, target_hw, target_hw,
+                     time.perf_counter() - t0)
+    cell, pad, head = target_hw[1] * ZOOM, 8, 22
+    sheet = Image.new("RGB", (3 * cell + 4 * pad, len(rows) * (cell + pad) + pad + head), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    labels = (f"base {base_hw[1]}px (enlarged)", f"direct {target_hw[1]}px", f"Self-Cascade {target_hw[1]}px")
+    for c, label in enumerate(labels):
+        draw.text((pad + c * (cell + pad), 6), label, fill=(255, 255, 255))
+    for r, row in enumerate(rows):
+        for c, name in enumerate(("base", "direct", "cascade")):
+            sheet.paste(row[name].resize((cell, cell), Image.NEAREST), (pad + c * (cell + pad), head + r * (cell + pad)))
+    comparison = out / "comparison.png"
+    sheet.save(comparison)
+    return [comparison, *written]
+
+
+def with_checkpoint(ckpt: Path, out: Path, overrides: list[str]) -> list[Path]:
+    """Shipped workflow 1 on the real server with the user's checkpoint."""
+    import queue_workflow
+
+    if not ckpt.is_file():
+        raise SystemExit(f"--checkpoint {ckpt}: no such file")
+    with tempfile.TemporaryDirectory(prefix="self_cascade_main_") as tmp:
+        base = Path(tmp)
+        (base / "models" / "checkpoints").mkdir(parents=True)
+        (base / "models" / "checkpoints" / ckpt.name).symlink_to(ckpt.resolve())
+        server = hostenv.start_server(base)
+        logging.info("ComfyUI started at %s (log: %s)", server.url, server.log_path)
         try:
-            info = ComfyClient(server.url).object_info()
-            for name in sorted(n for n in info if n.startswith("SelfCascade")):
-                logging.info("%s  (%s)", name, info[name]["category"])
+            args = ["sd15_cascade_2048", "--server", server.url, "--checkpoint", ckpt.name, "--out", str(out),
+                    *overrides]
+            rc = queue_workflow.main(args)
+            if rc != 0:
+                raise SystemExit(f"workflow failed (exit {rc}); server log tail:\n{server.log()[-3000:]}")
         finally:
             server.stop()
+    return sorted(out.glob("sd15_cascade_2048*.png"), key=lambda p: p.stat().st_mtime)[-1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", type=Path, help="an SD1.5/SD2.1 .safetensors: run shipped workflow 1 (2048 px)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the images")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="embedded default: seeds (rows)")
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: 20 embedded, 30 in workflow 1)")
+    ap.add_argument("--prompt", help="with --checkpoint: the prompt")
+    ap.add_argument("--seed", type=int, help="with --checkpoint: the seed")
+    ap.add_argument("--width", type=int, help="with --checkpoint: base width (default 512)")
+    ap.add_argument("--height", type=int, help="with --checkpoint: base height (default 512)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        over = []
+        for flag in ("prompt", "seed", "width", "height", "steps"):
+            if getattr(args, flag) is not None:
+                over += [f"--{flag}", str(getattr(args, flag))]
+        paths = with_checkpoint(args.checkpoint, args.out, over)
+    else:
+        paths = embedded_default(args.out, args.seeds, args.steps or 20)
+    print(f"done in {time.perf_counter() - t0:.1f}s; images in {args.out}:")
+    for p in paths:
+        print(f"  {p}")
     return 0
 
 
