@@ -165,3 +165,15 @@ def test_train_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_che
     saved = [Path(line) for line in proc.stdout.split()]
     assert len(saved) == 1 and Image.open(saved[0]).size[0] > 64  # the loss curve
     assert (comfy_server.base_dir / "models" / "self_cascade" / f"{save_name}.safetensors").is_file()
+
+
+def test_server_lists_workflows_as_templates(comfy_server, client):
+    """ComfyUI serves the pack's workflows/ folder in its templates browser (with the thumbnails)."""
+    import urllib.request
+
+    listing = client._request("/workflow_templates")
+    assert sorted(listing.get("self_cascade", [])) == sorted(SHIPPED), listing
+    for suffix in (".json", ".jpg"):
+        url = f"{comfy_server.url}/api/workflow_templates/self_cascade/sd15_cascade_2048{suffix}"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.read() == (WF / f"sd15_cascade_2048{suffix}").read_bytes()
