@@ -81,11 +81,14 @@ def expected_output(model, uset, x, t, ctx, y, pivot, strength, n_chunks=1):
     return run_unet(model, x, t, ctx, y, {"input_block_patch_after_skip": [add_in], "output_block_patch": [add_mid]})
 
 
-@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+BUILDERS = {"sd15": tiny_models.tiny_sd15, "sd21v": tiny_models.tiny_sd21v, "sdxl": tiny_models.tiny_sdxl}
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd21v", "sdxl"])
 @pytest.mark.parametrize("batch,n_chunks", [(1, 1), (2, 2)])
 def test_fresh_set_adds_exactly_the_upsampled_pivot_features(mods, family, batch, n_chunks):
     patch, _, _ = mods
-    model = tiny_models.tiny_sdxl(0) if family == "sdxl" else tiny_models.tiny_sd15(0)
+    model = BUILDERS[family](0)
     uset = fresh_set(model, mods)
     x, t, ctx, y, pivot = inputs(family == "sdxl", batch, 8, 12, n_chunks=n_chunks)
     plain = run_unet(model, x, t, ctx, y, n_chunks=n_chunks)
