@@ -41,6 +41,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     import comfy.utils
+
     import nodes  # ComfyUI's nodes.py
 
     comfy.utils.PROGRESS_BAR_ENABLED = False

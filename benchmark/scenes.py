@@ -21,6 +21,7 @@ import torch
 BASE_SHORT_SIDE = 16      # the base model's size (16x16; 16x24 non-square), chosen to train on 2 shared cores
 STRIPE_FREQ = 16          # stripe periods per short side: 1 px at 16, 2 px at 32, 4 px at 64
 STRIPE_AMP = 0.3          # brightness modulation inside objects (x (1 +- 0.3))
+STRIPE_PHASE = math.pi / 2  # cosine stripes (see render)
 SHAPES = ("disc", "square", "triangle")
 
 
@@ -88,8 +89,14 @@ def _inside(sc: Scenes, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def render(sc: Scenes, height: int, width: int, supersample: int = 4, detail: bool = True,
-           chunk: int = 64) -> torch.Tensor:
-    """Render to a ComfyUI IMAGE (N, H, W, 3) in 0..1; box-filtered over ss x ss samples per pixel."""
+           chunk: int = 64, phase: float = STRIPE_PHASE) -> torch.Tensor:
+    """Render to a ComfyUI IMAGE (N, H, W, 3) in 0..1; box-filtered over ss x ss samples per pixel.
+
+    ``phase`` of the stripes: the default (cosine) puts pixel centres at 2x the base size on the
+    stripes' crests; with phase 0 they sit on zero crossings there and the band vanishes at 4x
+    pixels. The committed base model was trained with phase 0 (train_base.py keeps it so that the
+    weights stay reproducible); at the base size the two differ only in object-edge pixels.
+    """
     short = min(height, width)
     ss = supersample
     offs = (torch.arange(ss, dtype=torch.float32) + 0.5) / ss
@@ -107,7 +114,7 @@ def render(sc: Scenes, height: int, width: int, supersample: int = 4, detail: bo
         bg = s.bg_a[:, None] * (1 - t[..., None]) + s.bg_b[:, None] * t[..., None]
         obj = s.colour[:, None].expand(n, X.shape[1], 3)
         if detail:
-            stripe = torch.sin(2 * math.pi * STRIPE_FREQ * (X + Y)).expand(n, -1)
+            stripe = torch.sin(2 * math.pi * STRIPE_FREQ * (X + Y) + phase).expand(n, -1)
             obj = obj * (1 + STRIPE_AMP * stripe[..., None])
         m = _inside(s, X.expand(n, -1), Y.expand(n, -1))[..., None]
         img = torch.where(m, obj, bg).reshape(n, height, ss, width, ss, 3).mean((2, 4))

@@ -28,9 +28,12 @@ from benchmark import scenes  # noqa: E402
 def make_data(seed: int, n_square: int, n_rect: int, base: int = scenes.BASE_SHORT_SIDE) -> dict:
     """Pre-rendered training sets (model latents in -1..1), keyed by (H, W)."""
     long = base * 3 // 2
-    data = {(base, base): scenes.to_latent(scenes.render(scenes.sample_scenes(n_square, seed), base, base))}
-    data[(base, long)] = scenes.to_latent(scenes.render(scenes.sample_scenes(n_rect, seed + 1, aspect=1.5), base, long))
-    data[(long, base)] = scenes.to_latent(scenes.render(scenes.sample_scenes(n_rect, seed + 2, aspect=1 / 1.5), long, base))
+    ph = 0.0  # the stripe phase the committed weights were trained with (see scenes.render)
+    data = {(base, base): scenes.to_latent(scenes.render(scenes.sample_scenes(n_square, seed), base, base, phase=ph))}
+    data[(base, long)] = scenes.to_latent(
+        scenes.render(scenes.sample_scenes(n_rect, seed + 1, aspect=1.5), base, long, phase=ph))
+    data[(long, base)] = scenes.to_latent(
+        scenes.render(scenes.sample_scenes(n_rect, seed + 2, aspect=1 / 1.5), long, base, phase=ph))
     return data
 
 

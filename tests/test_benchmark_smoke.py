@@ -34,6 +34,10 @@ def test_detail_band_exists_only_above_base_size(bench):
     diff = (with_d - without).abs().amax(-1)
     assert diff[whole].amax() < 1e-5  # the band averages away completely at the base size
     assert diff.mean() < 0.01  # (only a faint trace in edge pixels)
+    for k in (2, 4):  # visible at 4x and 16x pixels
+        mid, mid_plain = scenes.render(sc, k * b, k * b), scenes.render(sc, k * b, k * b, detail=False)
+        assert (mid - mid_plain).abs().amax() > 0.05
+        assert metrics.detail_ratio(mid_plain, mid, (b, b)) < 0.2
     hi, hi_plain = scenes.render(sc, 4 * b, 4 * b), scenes.render(sc, 4 * b, 4 * b, detail=False)
     assert (hi - hi_plain).abs().amax() > 0.1
     assert metrics.detail_ratio(hi_plain, hi, (b, b)) < 0.2
