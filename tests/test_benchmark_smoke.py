@@ -37,6 +37,7 @@ def test_detail_band_exists_only_above_base_size(bench):
     for k in (2, 4):  # visible at 4x and 16x pixels
         mid, mid_plain = scenes.render(sc, k * b, k * b), scenes.render(sc, k * b, k * b, detail=False)
         assert (mid - mid_plain).abs().amax() > 0.05
+        assert metrics.detail_energy(mid, (b, b)) > 1e-3  # inside objects, not just at their edges
         assert metrics.detail_ratio(mid_plain, mid, (b, b)) < 0.2
     hi, hi_plain = scenes.render(sc, 4 * b, 4 * b), scenes.render(sc, 4 * b, 4 * b, detail=False)
     assert (hi - hi_plain).abs().amax() > 0.1
