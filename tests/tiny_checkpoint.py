@@ -3,12 +3,12 @@
 ComfyUI detects SD1.x from the UNet keys alone (model_channels 320, context_dim 768 read from
 the first input transformer's attn2.to_k, conv proj_in, no label_emb, in_channels 4); depth,
 channel_mult and block counts are read from the keys, not checked. So the UNet here is stripped
-down (one level, one res block, one transformer, a middle block of one res block: ~16 M
+down (one level, one res block, one transformer, a middle block of one res block: 21.0 M
 parameters; the middle block is there because the tuned upsamplers tap it, as in every real UNet). The text
 encoder (CLIP-L, 12 layers) and the VAE (SD's KL-f8: ``ch_mult`` is fixed by ComfyUI unless the
 x4-upscaler layout is detected) are full size, because ComfyUI builds them from fixed configs and
 leaves any weight missing from the file uninitialised. All weights are random (seeded), stored
-in fp16: about 440 MB on disk.
+in fp16: about 455 MB on disk (232 M parameters: UNet 21.0 M, CLIP-L 123 M, VAE 84 M).
 
 Key names and shapes come from ComfyUI's own model classes built on the ``meta`` device, so the
 file follows whatever the host's classes expect. ``build_tiny_sd15_checkpoint(path)`` writes it.
