@@ -8,7 +8,7 @@ parameters; the middle block is there because the tuned upsamplers tap it, as in
 encoder (CLIP-L, 12 layers) and the VAE (SD's KL-f8: ``ch_mult`` is fixed by ComfyUI unless the
 x4-upscaler layout is detected) are full size, because ComfyUI builds them from fixed configs and
 leaves any weight missing from the file uninitialised. All weights are random (seeded), stored
-in fp16: about 455 MB on disk (232 M parameters: UNet 21.0 M, CLIP-L 123 M, VAE 84 M).
+in fp16: about 455 MB on disk (228 M parameters: UNet 21.0 M, CLIP-L 123 M, VAE 84 M).
 
 Key names and shapes come from ComfyUI's own model classes built on the ``meta`` device, so the
 file follows whatever the host's classes expect. ``build_tiny_sd15_checkpoint(path)`` writes it.
