@@ -5,6 +5,7 @@ import logging
 
 from comfy_api.latest import io
 
+from ..upsampler.checkpoint import CKPT_SUFFIX
 from ..upsampler.fileformat import UpsamplerFileError, load_upsamplers
 from .common import CATEGORY, MODEL_FOLDER, SelfCascadeError, Upsamplers, register_model_folder
 from .patch import apply_upsamplers
@@ -31,6 +32,11 @@ def load_named(name: str):
         raise SelfCascadeError(str(e)) from None
 
 
+def upsampler_files(names: list[str]) -> list[str]:
+    """Upsampler sets among the folder's files (training checkpoints ``*.ckpt.safetensors`` are not)."""
+    return [n for n in names if not n.endswith(CKPT_SUFFIX)]
+
+
 class SelfCascadeUpsamplerLoader(io.ComfyNode):
     """Load a trained set of time-aware feature upsamplers from models/self_cascade/."""
 
@@ -44,7 +50,7 @@ class SelfCascadeUpsamplerLoader(io.ComfyNode):
             display_name="Self-Cascade Upsampler Loader",
             category=TUNED,
             description="Load trained Self-Cascade feature upsamplers (.safetensors in models/self_cascade/).",
-            inputs=[io.Combo.Input("upsampler_name", options=folder_paths.get_filename_list(MODEL_FOLDER),
+            inputs=[io.Combo.Input("upsampler_name", options=upsampler_files(folder_paths.get_filename_list(MODEL_FOLDER)),
                                    tooltip="A set trained by SelfCascadeTrainUpsamplers or converted from the "
                                            "official SDXL weights (scripts/convert_official_upsamplers.py).")],
             outputs=[Upsamplers.Output(display_name="upsamplers",

@@ -65,7 +65,9 @@ def test_training_node_writes_its_file_and_the_loader_uses_it(pack, comfy_server
 
     # loadable at once by the loader, and used by a stage
     info = client.object_info()["SelfCascadeUpsamplerLoader"]["input"]["required"]["upsampler_name"]
-    assert "d_server_ups.safetensors" in info[0] if isinstance(info[0], list) else info[1]["options"]
+    options = info[0] if isinstance(info[0], list) else info[1]["options"]
+    assert "d_server_ups.safetensors" in options
+    assert "d_server_ups.ckpt.safetensors" not in options, "training checkpoints are not upsampler sets"
     stage = {
         "4": {"class_type": "SelfCascadeUpsamplerLoader", "inputs": {"upsampler_name": "d_server_ups.safetensors"}},
         "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "a pattern", "clip": ["1", 1]}},
