@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from comfy_api.latest import io
 
 from ..upsampler.pivot import UPSCALE_METHODS, resize_latent, target_size
@@ -17,7 +18,7 @@ PIVOT_KEY = "self_cascade_pivot"
 LATENT_CELL = 8
 
 
-def check_latent(latent: dict, name: str = "latent") -> "object":
+def check_latent(latent: dict, name: str = "latent") -> torch.Tensor:
     """Return ``latent['samples']`` after checking it is a non-empty 4-D/5-D tensor."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
     if samples is None or not hasattr(samples, "ndim"):
