@@ -3,7 +3,11 @@
 All functions take ComfyUI IMAGE tensors (N, H, W, 3) in 0..1.
 - Composition: objects = connected components of HSV saturation > 0.4 covering >= 1% of the
   image; the score is the share of samples with exactly the scene's count (1). A strict variant
-  counts components down to 0.25% of the image (small spurious dots).
+  counts components down to 0.25% of the image (small spurious dots). A saturated region over
+  MAX_AREA of the image is a background, not an object (a scene's object covers at most ~20%
+  and its background is low-saturation by construction): such a sample has no valid
+  object/background split and counts as -1, i.e. a failure. (The first committed table lacked
+  this rule and scored saturated-background samples as "one object"; see docs/BENCHMARK.md.)
 - Fidelity: sliced Wasserstein distance between 7x7 patch sets of Laplacian-pyramid levels
   (Karras et al. 2018), reported for the coarse levels (short side <= the base size, like FID_r)
   and for the finest level (like pFID_r). Values x1e3, lower is better.
@@ -22,6 +26,8 @@ import torch.nn.functional as F
 
 SAT_THRESHOLD = 0.4
 MIN_AREA = 0.01
+MAX_AREA = 0.5
+INVALID = -1
 BASE_SHORT_SIDE = 16
 
 
@@ -35,7 +41,11 @@ def object_mask(images: torch.Tensor) -> torch.Tensor:
 
 
 def count_objects(images: torch.Tensor, min_area: float = MIN_AREA) -> list[int]:
-    """Connected components (8-connected) of the saturation mask covering >= min_area of the image."""
+    """Connected components (8-connected) of the saturation mask covering >= min_area of the image.
+
+    A sample whose saturated region has a component over MAX_AREA (a saturated background)
+    counts as INVALID (-1), which never equals a scene's object count.
+    """
     counts = []
     for m in object_mask(images).cpu().numpy():
         lab, n = scipy.ndimage.label(m, structure=np.ones((3, 3)))
@@ -43,6 +53,9 @@ def count_objects(images: torch.Tensor, min_area: float = MIN_AREA) -> list[int]
             counts.append(0)
             continue
         areas = np.bincount(lab.ravel())[1:]
+        if (areas > MAX_AREA * m.size).any():
+            counts.append(INVALID)
+            continue
         counts.append(int((areas >= min_area * m.size).sum()))
     return counts
 

@@ -85,3 +85,19 @@ def test_quick_benchmark_smoke(tmp_path, pack):
         assert not any(c.lower() in ("nan", "inf", "-inf") for c in cells)
     assert (out / "grid_4x.png").stat().st_size > 0
     assert "evaluate.py --quick" in (out / "command.txt").read_text()
+
+
+def test_saturated_background_is_not_an_object(bench):
+    """A saturated background is not "one object": such a sample fails composition.
+
+    Regression: generated samples with a saturated (or dark, hence high HSV saturation)
+    background once scored as exactly one object covering the whole image.
+    """
+    scenes, metrics = bench
+    one = scenes.render(scenes.sample_scenes(1, seed=7), 32, 32)
+    flooded = one.clone()
+    flooded[..., 0] = 0.9  # strong red cast over the whole image
+    flooded[..., 1:] *= 0.3
+    assert metrics.count_objects(one) == [1]
+    assert metrics.count_objects(flooded) == [metrics.INVALID]
+    assert metrics.composition(torch.cat([one, flooded])) == 0.5
