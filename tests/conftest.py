@@ -8,7 +8,6 @@ Fixtures:
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -24,7 +23,9 @@ hostenv.prepare_in_process()
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One torch thread in the test process: the tiny models are many small ops (a second thread only
+# spins, ~10x slower on a loaded 2-core box), and the live server runs beside the tests.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,6 @@ import pytest
 import tiny_models
 import torch
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on this shared 2-core machine two threads spin against other jobs (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FAMILIES = {"eps": tiny_models.tiny_sd15, "v": tiny_models.tiny_sd21v, "flow": tiny_models.tiny_flow}
 
 

@@ -12,13 +12,6 @@ STAGE = dict(scale=2.0, upscale_method="bicubic", seed=7, steps=8, cfg=2.0, samp
              scheduler="normal", K=700.0, disable_pbar=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on this shared 2-core machine two threads spin against other jobs (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

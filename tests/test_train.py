@@ -36,13 +36,6 @@ def make_images(n: int = 3, size: int = 96, seed: int = 0) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These loops are many tiny ops: one thread is ~10x faster than two on a loaded 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def undamped(model):
