@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
+#: Prediction target of the base model ("v" or "eps"); train_base.py trains for it.
+PREDICTION = "v"
 WEIGHTS = REPO / "benchmark" / "weights" / "base.safetensors"
 
 UNET_CONFIG = dict(
@@ -52,6 +54,11 @@ def _classes():
         unet_extra_config = {"num_heads": -1, "num_head_channels": 32}
         latent_format = PixelLatent
         memory_usage_factor = 1.0
+
+        def model_type(self, state_dict, prefix=""):
+            import comfy.model_base
+
+            return comfy.model_base.ModelType.V_PREDICTION if PREDICTION == "v" else comfy.model_base.ModelType.EPS
         supported_inference_dtypes = [torch.float32]
 
     return PixelLatent, PixelUNet

@@ -99,7 +99,10 @@ def main(argv=None) -> None:
         sigma = sigmas[t][:, None, None, None]
         xc = (x0 + noise * sigma) / torch.sqrt(sigma * sigma + 1)  # ComfyUI's EPS calculate_input
         pred = net(xc, t.float(), context=None)
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        # ComfyUI's V_PREDICTION: denoised = x/(s^2+1) - out*s/sqrt(s^2+1) with x = x0 + s*eps,
+        # so the target is (eps - s*x0)/sqrt(s^2+1); EPS: the noise itself.
+        target = (noise - sigma * x0) / torch.sqrt(sigma * sigma + 1) if bm.PREDICTION == "v" else noise
+        loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
