@@ -1,7 +1,7 @@
 """The benchmark's base model: ComfyUI's own UNetModel in pixel space, as a real BaseModel/ModelPatcher.
 
 Pixel space is the "latent": 3 channels, scale 1 (images in -1..1, see scenes.to_latent).
-SD1.5's eps schedule (ComfyUI's default ModelSamplingDiscrete: scaled_linear 0.00085..0.012).
+SD1.5's schedule (ComfyUI's default ModelSamplingDiscrete: scaled_linear 0.00085..0.012), v-prediction.
 A pure-conv 3-level UNet (no attention), so the conditioning is ignored by the network; ComfyUI's
 sampler still wants a CONDITIONING, so ``positive()``/``negative()`` give a zero cross-attn tensor.
 """
@@ -48,7 +48,7 @@ def _classes():
         latent_rgb_factors_bias = [0.0, 0.0, 0.0]
 
     class PixelUNet(comfy.supported_models_base.BASE):
-        """Benchmark model family: pixel-space eps UNet (SD1.5 schedule)."""
+        """Benchmark model family: pixel-space UNet (SD1.5 schedule, PREDICTION target)."""
 
         unet_config = {"in_channels": 3, "model_channels": 32, "context_dim": None}
         unet_extra_config = {"num_heads": -1, "num_head_channels": 32}
