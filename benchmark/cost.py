@@ -267,21 +267,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(argv=None) -> list[dict]:
-    """Parse, build, warm up, measure; prints the table and returns the results."""
-    args = parse_args(argv)
+def setup_host(device: str, threads: int) -> None:
+    """ComfyUI in-process on ``device`` with the pack importable as ``self_cascade``."""
     sys.path.insert(0, str(REPO / "dev"))
     import hostenv
 
     hostenv.prepare_in_process()
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = args.device == "cpu"
+    comfy.cli_args.args.cpu = device == "cpu"
     hostenv.load_pack()
     import torch
 
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
+    if device == "cpu":
+        torch.set_num_threads(threads)
+
+
+def run(argv=None) -> list[dict]:
+    """Parse, build, warm up, measure; prints the table and returns the results."""
+    args = parse_args(argv)
+    setup_host(args.device, args.threads)
     key = args.real_size or ("quick" if args.quick else "tiny")
     spec = SPECS[key]
     steps = args.steps or (4 if args.quick else 20)

@@ -37,22 +37,13 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
 
-    sys.path.insert(0, str(cost.REPO / "dev"))
-    import hostenv
-
-    hostenv.prepare_in_process()
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = args.device == "cpu"
-    hostenv.load_pack()
+    cost.setup_host(args.device, args.threads)
     import comfy.sample
     import torch
     from self_cascade.nodes.patch import apply_upsamplers, model_family
     from self_cascade.upsampler.modules import UpsamplerSet
     from self_cascade.upsampler.taps import derive_taps, emb_dim
 
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
     key = args.real_size or ("quick" if args.quick else "tiny")
     spec = cost.SPECS[key]
     steps = args.steps or (2 if args.quick else 10 if args.real_size else 8)
