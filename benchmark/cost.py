@@ -105,16 +105,22 @@ def direct(b: Bench):
     return _sample_full(b, b.size(b.stages))
 
 
+def _settings(b: Bench):
+    """One x2-per-side stage with the bench's seed, sampler and K."""
+    from self_cascade.nodes.cascade import StageSettings
+
+    return StageSettings(scale=2.0, upscale_method="bicubic", seed=b.seed, steps=b.steps, cfg=b.cfg,
+                         sampler_name=b.sampler, scheduler=b.scheduler, K=b.K)
+
+
 @row("tf_cascade")
 def tf_cascade(b: Bench):
     """Tuning-free Self-Cascade: base sampling, then ``stages`` x cascade_stage (x2 per side, K -> 0)."""
-    from self_cascade.nodes.stage import cascade_stage
+    from self_cascade.nodes.cascade import cascade_stage
 
     latent = {"samples": _sample_full(b, b.size(0))}
     for _ in range(b.stages):
-        latent = cascade_stage(b.model, b.positive, b.negative, latent, scale=2.0, upscale_method="bicubic",
-                               seed=b.seed, steps=b.steps, cfg=b.cfg, sampler_name=b.sampler,
-                               scheduler=b.scheduler, K=b.K, disable_pbar=True)
+        latent = cascade_stage(b.model, b.positive, b.negative, latent, _settings(b), disable_pbar=True)
     return latent["samples"]
 
 
@@ -122,7 +128,7 @@ def tf_cascade(b: Bench):
 def t_cascade(b: Bench):
     """Tuned Self-Cascade: tf_cascade with freshly initialised light upsamplers (cost only; B's patch)."""
     from self_cascade.nodes.patch import model_family
-    from self_cascade.nodes.stage import cascade_stage
+    from self_cascade.nodes.cascade import cascade_stage
     from self_cascade.upsampler.modules import UpsamplerSet
     from self_cascade.upsampler.taps import derive_taps, emb_dim
 
@@ -130,9 +136,7 @@ def t_cascade(b: Bench):
     uset = UpsamplerSet.create(derive_taps(unet), emb_dim(unet), model_family(b.model), "light")
     latent = {"samples": _sample_full(b, b.size(0))}
     for _ in range(b.stages):
-        latent = cascade_stage(b.model, b.positive, b.negative, latent, scale=2.0, upscale_method="bicubic",
-                               seed=b.seed, steps=b.steps, cfg=b.cfg, sampler_name=b.sampler,
-                               scheduler=b.scheduler, K=b.K, upsamplers=uset, disable_pbar=True)
+        latent = cascade_stage(b.model, b.positive, b.negative, latent, _settings(b), uset, disable_pbar=True)
     return latent["samples"]
 
 

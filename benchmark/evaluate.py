@@ -55,9 +55,10 @@ class Bench:
 
         comfy.utils.PROGRESS_BAR_ENABLED = False
         hostenv.load_pack()
-        from self_cascade.nodes.stage import cascade_stage
+        from self_cascade.nodes.cascade import StageSettings, cascade_stage
 
         self.cascade_stage = cascade_stage
+        self.StageSettings = StageSettings
         self.args = args
         self.model = bm.load_base_model(args.weights)
         self.pos, self.neg = bm.positive(), bm.negative()
@@ -93,9 +94,9 @@ class Bench:
         for hw in stage_sizes(base_hw, target):
             # every stage here is exactly x2 per side; the node's width/height inputs count 8 px per latent
             # cell (SD's VAE), which this pixel-space model does not have, so the scale input is used
-            lat = self.cascade_stage(self.model, self.pos, self.neg, lat, scale=2.0, upscale_method="bicubic",
-                                     seed=seed, steps=self.args.steps, cfg=CFG, sampler_name=SAMPLER,
-                                     scheduler=SCHEDULER, K=700.0, upsamplers=upsamplers, disable_pbar=True)
+            settings = self.StageSettings(scale=2.0, upscale_method="bicubic", seed=seed, steps=self.args.steps,
+                                          cfg=CFG, sampler_name=SAMPLER, scheduler=SCHEDULER, K=700.0)
+            lat = self.cascade_stage(self.model, self.pos, self.neg, lat, settings, upsamplers, disable_pbar=True)
             assert tuple(lat["samples"].shape[-2:]) == hw, (lat["samples"].shape, hw)
         return lat["samples"]
 

@@ -44,7 +44,7 @@ def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     hostenv.load_pack()
-    from self_cascade.nodes.stage import cascade_stage
+    from self_cascade.nodes.cascade import StageSettings, cascade_stage
 
     if not bm.WEIGHTS.is_file():
         raise SystemExit(f"the embedded default model is missing: {bm.WEIGHTS.relative_to(REPO)} "
@@ -52,6 +52,8 @@ def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
     model = bm.load_base_model()
     pos, neg = bm.positive(), bm.negative()
     base_hw, target_hw = (16, 16), (64, 64)
+    stage = StageSettings(scale=2.0, upscale_method="bicubic", steps=steps, cfg=1.0, sampler_name="euler",
+                          scheduler="normal", K=700.0)
 
     def ksample(latent: torch.Tensor, seed: int) -> torch.Tensor:
         return comfy_nodes.common_ksampler(model, seed, steps, 1.0, "euler", "normal", pos, neg,
@@ -65,8 +67,7 @@ def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
         direct = ksample(torch.zeros(1, 3, *target_hw), seed)
         lat = {"samples": base}
         for _ in range(2):  # 16 -> 32 -> 64; the pixel-space model has no 8 px latent cell, so scale is used
-            lat = cascade_stage(model, pos, neg, lat, scale=2.0, upscale_method="bicubic", seed=seed, steps=steps,
-                                cfg=1.0, sampler_name="euler", scheduler="normal", K=700.0, disable_pbar=True)
+            lat = cascade_stage(model, pos, neg, lat, stage.replace(seed=seed), disable_pbar=True)
         row = {}
         for name, latent in (("base", base), ("direct", direct), ("cascade", lat["samples"])):
             arr = (scenes.from_latent(latent)[0].numpy() * 255).round().astype("uint8")

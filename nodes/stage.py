@@ -1,4 +1,4 @@
-"""SelfCascadeStage: one whole cascade stage (pivot upsample, Eq. 6 renoise to K, denoise K -> 0).
+"""SelfCascadeStage: one whole cascade stage as a node (the work is ``nodes.cascade.cascade_stage``).
 
 Also SelfCascadeStagePlan, the scale decomposition helper (``upsampler.stages.plan_stages``).
 """
@@ -9,84 +9,15 @@ import logging
 from comfy_api.latest import io
 
 from ..upsampler.pivot import UPSCALE_METHODS
-from ..upsampler.renoise import DEFAULT_K, per_sample_noise
+from ..upsampler.renoise import DEFAULT_K
 from ..upsampler.stages import plan_stages
+from .cascade import StageSettings, cascade_stage
 from .common import CATEGORY, SelfCascadeError, Upsamplers
-from .pivot import PIVOT_KEY, pivot_size, upsample_pivot
-from .renoise import (
-    K_TOOLTIP,
-    SEED_TOOLTIP,
-    STEPS_TOOLTIP,
-    batch_index_of,
-    cascade_sigmas,
-    check_choice,
-    check_k_input,
-    check_steps,
-    model_latent,
-)
+from .renoise import K_TOOLTIP, SEED_TOOLTIP, STEPS_TOOLTIP
 
 logger = logging.getLogger(__name__)
 
-
-def _validate(model, latent: dict, *, scale, upscale_method, steps, sampler_name, scheduler, K, strength,
-              end_timestep, width, height, tuned):
-    """Every input check of a stage, before any work. Returns the model-checked samples."""
-    import comfy.samplers
-
-    samples = model_latent(model, latent)
-    check_choice(upscale_method, list(UPSCALE_METHODS), "upscale_method")
-    check_choice(sampler_name, comfy.samplers.SAMPLER_NAMES, "sampler_name")
-    check_choice(scheduler, comfy.samplers.SCHEDULER_NAMES, "scheduler")
-    check_k_input(K)
-    check_steps(steps)
-    if not (width or height) and float(scale) < 1.0:
-        raise SelfCascadeError(f"'scale' = {scale} would shrink the image; Self-Cascade goes up in size. "
-                               "Use a scale >= 1 (2.0 = the paper's stage, 4x the pixels).")
-    if tuned and not float(strength) >= 0.0:
-        raise SelfCascadeError(f"'strength' = {strength} is negative; use 0 (off) to 1 (as trained) or more.")
-    if tuned and not float(end_timestep) < 1000.0:
-        raise SelfCascadeError(f"'end_timestep' = {end_timestep} would switch the upsamplers off for every step; "
-                               "use a value below 1000 (paper: 100).")
-    pivot_size(samples, scale, width, height)  # raises on sizes that are not multiples of 8 or shrink
-    return samples
-
-
-def cascade_stage(model, positive, negative, latent: dict, *, scale: float, upscale_method: str, seed: int,
-                  steps: int, cfg: float, sampler_name: str, scheduler: str, K: float, upsamplers=None,
-                  strength: float = 1.0, end_timestep: float = 100.0, width: int = 0, height: int = 0,
-                  disable_pbar: bool = False) -> dict:
-    """The whole stage as the node runs it; returns the new LATENT dict. Mutates neither model nor latent.
-
-    pivot = up(z0_prev); z_K = Eq. 6 at sigma_K (ComfyUI's own ``noise_scaling`` at sigmas[0]);
-    then the sampler denoises over the schedule's part from K to 0.
-    """
-    import comfy.sample
-    import comfy.samplers
-    import latent_preview
-
-    samples = _validate(model, latent, scale=scale, upscale_method=upscale_method, steps=steps,
-                        sampler_name=sampler_name, scheduler=scheduler, K=K, strength=strength,
-                        end_timestep=end_timestep, width=width, height=height, tuned=upsamplers is not None)
-    prev = dict(latent)
-    prev["samples"] = samples
-    pivot = upsample_pivot(prev, scale, upscale_method, width, height)
-    pivot_latent = pivot["samples"]
-    sigma_k, sigmas = cascade_sigmas(model, K, steps, scheduler)
-    noise = per_sample_noise(pivot_latent.shape, seed, batch_index_of(latent, pivot_latent.shape[0]),
-                             dtype=pivot_latent.dtype)
-    if upsamplers is not None:
-        from .patch import apply_upsamplers  # the tuned version (engineer B's module)
-
-        model = apply_upsamplers(model, upsamplers, samples, strength, end_timestep)
-    logger.info("Self-Cascade stage: %s -> %s, K=%g (sigma %.4f), %d of %d steps executed",
-                tuple(samples.shape[-2:]), tuple(pivot_latent.shape[-2:]), K, sigma_k, len(sigmas) - 1, steps)
-    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
-    out_samples = comfy.sample.sample_custom(model, noise, cfg, comfy.samplers.sampler_object(sampler_name), sigmas,
-                                             positive, negative, pivot_latent, callback=callback,
-                                             disable_pbar=disable_pbar, seed=seed)
-    out = {key: v for key, v in pivot.items() if key not in ("samples", PIVOT_KEY)}
-    out["samples"] = out_samples
-    return out
+__all__ = ["NODES", "StageSettings", "cascade_stage"]
 
 
 class SelfCascadeStage(io.ComfyNode):
@@ -140,10 +71,11 @@ class SelfCascadeStage(io.ComfyNode):
                 scheduler, K, upsamplers=None, strength=1.0, end_timestep=100.0) -> io.NodeOutput:
         import comfy.utils
 
-        return io.NodeOutput(cascade_stage(
-            model, positive, negative, latent, scale=scale, upscale_method=upscale_method, seed=seed, steps=steps,
-            cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, K=K, upsamplers=upsamplers, strength=strength,
-            end_timestep=end_timestep, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED))
+        settings = StageSettings(scale=scale, upscale_method=upscale_method, seed=seed, steps=steps, cfg=cfg,
+                                 sampler_name=sampler_name, scheduler=scheduler, K=K, strength=strength,
+                                 end_timestep=end_timestep)
+        return io.NodeOutput(cascade_stage(model, positive, negative, latent, settings, upsamplers,
+                                           disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED))
 
 
 def describe_plan(base: tuple[int, int], target: tuple[int, int]) -> tuple[str, list[tuple[int, int]]]:

@@ -7,9 +7,11 @@ import types
 import pytest
 import tiny_models
 import torch
+from tiny_models import run_stage
 
 STAGE = dict(scale=2.0, upscale_method="bicubic", seed=7, steps=8, cfg=2.0, sampler_name="euler",
              scheduler="normal", K=700.0, disable_pbar=True)
+
 
 
 
@@ -32,14 +34,13 @@ def _base(model, cond, batch=1, h=4, w=6, seed=0):
 @pytest.mark.parametrize("builder", ["tiny_sd15", "tiny_sd21v", "tiny_flow", "tiny_sdxl"])
 def test_three_stage_chain_non_square(pack, builder):
     """base 32x48 px -> 64x96 -> 128x192: right shapes, finite values, every family."""
-    from self_cascade.nodes.stage import cascade_stage
 
     model = getattr(tiny_models, builder)(seed=0)
     c = tiny_models.conditioning(3, pooled=builder == "tiny_sdxl")
     lat = _base(model, c)
     shapes = []
     for _ in range(2):
-        lat = cascade_stage(model, c, c, lat, **STAGE)
+        lat = run_stage(model, c, c, lat, **STAGE)
         shapes.append(tuple(lat["samples"].shape))
         assert torch.isfinite(lat["samples"]).all()
     assert shapes == [(1, 4, 8, 12), (1, 4, 16, 24)]
@@ -47,12 +48,11 @@ def test_three_stage_chain_non_square(pack, builder):
 
 
 def test_same_seed_identical_different_seed_differs(pack, tiny_model, cond):
-    from self_cascade.nodes.stage import cascade_stage
 
     lat = _base(tiny_model, cond)
-    a = cascade_stage(tiny_model, cond, cond, lat, **STAGE)["samples"]
-    b = cascade_stage(tiny_model, cond, cond, lat, **STAGE)["samples"]
-    c = cascade_stage(tiny_model, cond, cond, lat, **{**STAGE, "seed": 8})["samples"]
+    a = run_stage(tiny_model, cond, cond, lat, **STAGE)["samples"]
+    b = run_stage(tiny_model, cond, cond, lat, **STAGE)["samples"]
+    c = run_stage(tiny_model, cond, cond, lat, **{**STAGE, "seed": 8})["samples"]
     assert torch.equal(a, b), "same seed must be bit-identical"
     assert (a - c).abs().max() > 1e-3
 
@@ -60,38 +60,35 @@ def test_same_seed_identical_different_seed_differs(pack, tiny_model, cond):
 def test_batch_of_three_equals_three_single_runs(pack, tiny_model, cond):
     """Entry i of a batch uses seed + i. Equal to batch-1 runs up to float tolerance (batched convs/GEMMs
     pick other kernels/blocking for another batch size, so the sums are ordered differently)."""
-    from self_cascade.nodes.stage import cascade_stage
 
     singles_in = [_base(tiny_model, cond, seed=s)["samples"] for s in (1, 2, 3)]
-    batch = cascade_stage(tiny_model, cond, cond, {"samples": torch.cat(singles_in)}, **STAGE)["samples"]
+    batch = run_stage(tiny_model, cond, cond, {"samples": torch.cat(singles_in)}, **STAGE)["samples"]
     for i, x in enumerate(singles_in):
-        one = cascade_stage(tiny_model, cond, cond, {"samples": x}, **{**STAGE, "seed": STAGE["seed"] + i})["samples"]
+        one = run_stage(tiny_model, cond, cond, {"samples": x}, **{**STAGE, "seed": STAGE["seed"] + i})["samples"]
         diff = (batch[i:i + 1] - one).abs().max().item()
         print(f"batch entry {i}: max |batch - single| = {diff:.3g}")
         assert diff < 1e-4, diff
-    other = cascade_stage(tiny_model, cond, cond, {"samples": singles_in[1]}, **STAGE)["samples"]
+    other = run_stage(tiny_model, cond, cond, {"samples": singles_in[1]}, **STAGE)["samples"]
     assert (batch[1:2] - other).abs().max() > 1e-3, "entry 1 must not reuse entry 0's seed"
 
 
 def test_batch_index_is_kept_and_seeds_follow_it(pack, tiny_model, cond):
-    from self_cascade.nodes.stage import cascade_stage
 
     x = _base(tiny_model, cond, batch=2)["samples"]
-    out = cascade_stage(tiny_model, cond, cond, {"samples": x, "batch_index": [5, 6]}, **STAGE)
+    out = run_stage(tiny_model, cond, cond, {"samples": x, "batch_index": [5, 6]}, **STAGE)
     assert out["batch_index"] == [5, 6]
-    shifted = cascade_stage(tiny_model, cond, cond, {"samples": x}, **{**STAGE, "seed": STAGE["seed"] + 5})
+    shifted = run_stage(tiny_model, cond, cond, {"samples": x}, **{**STAGE, "seed": STAGE["seed"] + 5})
     assert (out["samples"] - shifted["samples"]).abs().max() < 1e-4
 
 
 def test_nothing_mutated(pack, tiny_model, cond):
-    from self_cascade.nodes.stage import cascade_stage
 
     lat = _base(tiny_model, cond)
     lat["batch_index"] = [0]
     keys, before = set(lat), lat["samples"].clone()
     opts = repr(tiny_model.model_options)
     state = {k: v.clone() for k, v in tiny_model.model.diffusion_model.state_dict().items()}
-    cascade_stage(tiny_model, cond, cond, lat, **STAGE)
+    run_stage(tiny_model, cond, cond, lat, **STAGE)
     assert set(lat) == keys and torch.equal(lat["samples"], before)
     assert repr(tiny_model.model_options) == opts
     for k, v in tiny_model.model.diffusion_model.state_dict().items():
@@ -117,7 +114,6 @@ BAD = [
 def test_bad_input_raises_before_sampling(pack, tiny_model, cond, monkeypatch, over, latent_kind, message):
     import comfy.sample
     from self_cascade.nodes.common import SelfCascadeError
-    from self_cascade.nodes.stage import cascade_stage
 
     def no_sampling(*a, **k):
         raise AssertionError("sampling started before the input was validated")
@@ -128,20 +124,19 @@ def test_bad_input_raises_before_sampling(pack, tiny_model, cond, monkeypatch, o
     else:
         latent = {"samples": torch.randn(latent_kind.get("batch", 1), latent_kind.get("channels", 4), 4, 6)}
     with pytest.raises(SelfCascadeError, match=message):
-        cascade_stage(tiny_model, cond, cond, latent, **{**STAGE, **over})
+        run_stage(tiny_model, cond, cond, latent, **{**STAGE, **over})
 
 
 @pytest.mark.parametrize("over,message", [(dict(strength=-0.5), "'strength'"), (dict(end_timestep=1000.0), "'end_timestep'")])
 def test_bad_tuned_input_raises_before_patching(pack, tiny_model, cond, monkeypatch, over, message):
     from self_cascade.nodes.common import SelfCascadeError
-    from self_cascade.nodes.stage import cascade_stage
 
     def no_patch(*a, **k):
         raise AssertionError("patched before the input was validated")
 
     monkeypatch.setitem(sys.modules, "self_cascade.nodes.patch", types.SimpleNamespace(apply_upsamplers=no_patch))
     with pytest.raises(SelfCascadeError, match=message):
-        cascade_stage(tiny_model, cond, cond, {"samples": torch.randn(1, 4, 4, 6)}, **STAGE, upsamplers="UPS", **over)
+        run_stage(tiny_model, cond, cond, {"samples": torch.randn(1, 4, 4, 6)}, **STAGE, upsamplers="UPS", **over)
 
 
 def test_progress_bar_and_cancel(pack, tiny_model, cond):
@@ -149,14 +144,13 @@ def test_progress_bar_and_cancel(pack, tiny_model, cond):
     (as the server's hook does, main.py) stops sampling, exactly as for core KSampler."""
     import comfy.model_management
     import comfy.utils
-    from self_cascade.nodes.stage import cascade_stage
 
     lat = _base(tiny_model, cond)
     seen = []
     old = comfy.utils.PROGRESS_BAR_HOOK
     try:
         comfy.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: seen.append((v, t)))
-        cascade_stage(tiny_model, cond, cond, lat, **{**STAGE, "steps": 20})
+        run_stage(tiny_model, cond, cond, lat, **{**STAGE, "steps": 20})
         executed = seen[-1][1]
         assert 12 <= executed <= 16 and [v for v, _ in seen] == list(range(1, executed + 1)), seen
 
@@ -169,7 +163,7 @@ def test_progress_bar_and_cancel(pack, tiny_model, cond):
         seen.clear()
         comfy.utils.set_progress_bar_global_hook(cancelling_hook)
         with pytest.raises(comfy.model_management.InterruptProcessingException):
-            cascade_stage(tiny_model, cond, cond, lat, **{**STAGE, "steps": 20})
+            run_stage(tiny_model, cond, cond, lat, **{**STAGE, "steps": 20})
         assert seen == [1, 2], seen
     finally:
         comfy.model_management.interrupt_current_processing(False)
@@ -180,7 +174,6 @@ def test_upsamplers_input_calls_the_patch_contract(pack, tiny_model, cond, monke
     """With upsamplers connected the stage samples with apply_upsamplers(model, ups, clean pivot, strength,
     end_timestep) (NODES.md). The patch module is replaced by a recorder here: this test checks only the
     stage's side of the contract; the real patch is tested by its own tests."""
-    from self_cascade.nodes.stage import cascade_stage
 
     calls = []
 
@@ -197,7 +190,7 @@ def test_upsamplers_input_calls_the_patch_contract(pack, tiny_model, cond, monke
     monkeypatch.setattr(comfy.sample, "sample_custom", lambda m, *a, **k: used.append(m) or real_sample(m, *a, **k))
     monkeypatch.setitem(sys.modules, "self_cascade.nodes.patch", types.SimpleNamespace(apply_upsamplers=fake_apply))
     lat = _base(tiny_model, cond)
-    cascade_stage(tiny_model, cond, cond, lat, **STAGE, upsamplers="UPS", strength=0.5, end_timestep=200.0)
+    run_stage(tiny_model, cond, cond, lat, **STAGE, upsamplers="UPS", strength=0.5, end_timestep=200.0)
     (model, ups, pivot, strength, end), = calls
     assert model is tiny_model and ups == "UPS" and (strength, end) == (0.5, 200.0)
     assert torch.equal(pivot, lat["samples"]), "the patch must get the clean previous-stage latent"
@@ -252,7 +245,6 @@ def test_stage_with_real_upsamplers(pack, tiny_model, cond):
     """Integration with the tuned patch (nodes.patch, freshly initialised upsamplers): the stage runs,
     the upsamplers change the result, and the incoming model keeps no patch."""
     from self_cascade.nodes.patch import model_family
-    from self_cascade.nodes.stage import cascade_stage
     from self_cascade.upsampler.modules import UpsamplerSet
     from self_cascade.upsampler.taps import derive_taps, emb_dim
 
@@ -260,8 +252,8 @@ def test_stage_with_real_upsamplers(pack, tiny_model, cond):
     uset = UpsamplerSet.create(derive_taps(unet), emb_dim(unet), model_family(tiny_model), "official", 0)
     lat = _base(tiny_model, cond)
     opts = repr(tiny_model.model_options)
-    tuned = cascade_stage(tiny_model, cond, cond, lat, **STAGE, upsamplers=uset, end_timestep=0.0)["samples"]
-    plain = cascade_stage(tiny_model, cond, cond, lat, **STAGE)["samples"]
+    tuned = run_stage(tiny_model, cond, cond, lat, **STAGE, upsamplers=uset, end_timestep=0.0)["samples"]
+    plain = run_stage(tiny_model, cond, cond, lat, **STAGE)["samples"]
     assert tuned.shape == plain.shape == (1, 4, 8, 12) and torch.isfinite(tuned).all()
     assert (tuned - plain).abs().max() > 1e-3, "the upsamplers had no effect"
     assert repr(tiny_model.model_options) == opts

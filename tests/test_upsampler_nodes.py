@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import tiny_models
 import torch
+from tiny_models import run_stage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,7 +69,6 @@ def test_loader_and_apply_nodes(model_folder):
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_cascade_stage_uses_the_upsamplers(pack, family):
     """SelfCascadeStage's path (engineer A's cascade_stage) with our set: strength 0 == no upsamplers."""
-    from self_cascade.nodes.stage import cascade_stage
 
     sdxl = family == "sdxl"
     model = tiny_models.tiny_sdxl(0) if sdxl else tiny_models.tiny_sd15(0)
@@ -79,10 +79,10 @@ def test_cascade_stage_uses_the_upsamplers(pack, family):
     kw = dict(scale=2.0, upscale_method="bicubic", seed=0, steps=6, cfg=4.0, sampler_name="euler",
               scheduler="normal", K=700.0, disable_pbar=True)
     pos, neg = tiny_models.conditioning(1, pooled=sdxl), tiny_models.conditioning(2, pooled=sdxl)
-    plain = cascade_stage(model, pos, neg, latent, **kw)["samples"]
-    zero = cascade_stage(model, pos, neg, latent, upsamplers=uset, strength=0.0, **kw)["samples"]
+    plain = run_stage(model, pos, neg, latent, **kw)["samples"]
+    zero = run_stage(model, pos, neg, latent, upsamplers=uset, strength=0.0, **kw)["samples"]
     assert torch.equal(plain, zero) and calls == []
-    tuned = cascade_stage(model, pos, neg, latent, upsamplers=uset, strength=1.0, **kw)["samples"]
+    tuned = run_stage(model, pos, neg, latent, upsamplers=uset, strength=1.0, **kw)["samples"]
     assert calls and not torch.equal(plain, tuned) and torch.isfinite(tuned).all()
     assert tuned.shape == (1, 4, 8, 12)
 

@@ -101,3 +101,11 @@ def conditioning(seed: int, batch: int = 1, tokens: int = 8, pooled: bool = Fals
     if pooled:
         extra["pooled_output"] = torch.randn(batch, 1280, generator=g)
     return [[torch.randn(batch, tokens, CONTEXT_DIM, generator=g), extra]]
+
+
+def run_stage(model, positive, negative, latent, upsamplers=None, disable_pbar=True, **settings):
+    """``cascade_stage`` with its settings given as keywords (the tests vary one at a time)."""
+    from self_cascade.nodes.cascade import StageSettings, cascade_stage
+
+    return cascade_stage(model, positive, negative, latent, StageSettings(**settings), upsamplers,
+                         disable_pbar=disable_pbar)
