@@ -127,8 +127,8 @@ def tf_cascade(b: Bench):
 @row("t_cascade")
 def t_cascade(b: Bench):
     """Tuned Self-Cascade: tf_cascade with freshly initialised light upsamplers (cost only; B's patch)."""
-    from self_cascade.nodes.patch import model_family
     from self_cascade.nodes.cascade import cascade_stage
+    from self_cascade.nodes.patch import model_family
     from self_cascade.upsampler.modules import UpsamplerSet
     from self_cascade.upsampler.taps import derive_taps, emb_dim
 
