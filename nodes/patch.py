@@ -81,6 +81,22 @@ def pivot_features(unet, pivot: torch.Tensor, emb: torch.Tensor, context, taps: 
     return [feats[t.block] for t in taps]
 
 
+def pair_pivot(p: torch.Tensor, rows: int, n_chunks: int) -> torch.Tensor:
+    """The pivot batched like x: ``rows`` = ``n_chunks`` cond/uncond chunks of the sampled batch each.
+
+    A batch-1 pivot serves every row; a pivot of the sampled batch is repeated once per chunk
+    (row i of every chunk gets pivot i). Any other batch is an error: checking ``b == rows`` alone
+    would pair a batch-2 pivot of a batch-1 sample under CFG as cond -> pivot 0, uncond -> pivot 1.
+    """
+    b, n_chunks = p.shape[0], max(int(n_chunks), 1)
+    if b == 1:
+        return p.expand(rows, -1, -1, -1)
+    if rows % n_chunks == 0 and b == rows // n_chunks:
+        return p if n_chunks == 1 else p.repeat(n_chunks, 1, 1, 1)
+    raise SelfCascadeError(f"pivot batch {b} does not fit the sampled batch {rows / n_chunks:g} "
+                           f"(x {n_chunks} cond/uncond chunks); use a pivot of batch 1 or of the sampled batch.")
+
+
 def _fit(a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``a`` at h's spatial size and dtype (e.g. when Deep Shrink shrank h, or odd sizes)."""
     if a.shape[-2:] != h.shape[-2:]:
@@ -148,15 +164,7 @@ class UpsamplerInjection:
         if tuple(p.shape[-2:]) != size:
             shrink = p.shape[-2] > size[0] or p.shape[-1] > size[1]
             p = F.interpolate(p, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-        b, n = p.shape[0], x.shape[0]
-        if b == n:
-            return p
-        if b == 1:
-            return p.expand(n, -1, -1, -1)
-        if b * n_chunks == n:
-            return p.repeat(n_chunks, 1, 1, 1)
-        raise SelfCascadeError(f"pivot batch {b} does not fit the sampled batch {n // max(n_chunks, 1)} "
-                               f"(x {n_chunks} cond/uncond chunks); use a pivot of batch 1 or the same batch.")
+        return pair_pivot(p, x.shape[0], n_chunks)
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
         on = timesteps > self.end_timestep  # strict: the official t == 100 branch defect

@@ -258,3 +258,24 @@ def test_injection_trains_through_the_patch_and_pivot_can_be_swapped(mods):
         inj.pivot = pivot + 1.0
         second = unet(x, timesteps=t, context=ctx, transformer_options=dict(to))
     assert not torch.equal(first, second)
+
+
+def test_pivot_batch_that_does_not_fit_cfg_is_an_error_not_a_mispairing(mods):
+    """A batch-2 pivot with a batch-1 sample under CFG (x holds cond + uncond = 2 rows) used to pass the
+    ``b == n`` check and pair cond with pivot 0, uncond with pivot 1. Through the Apply node's pivot input
+    it must now stop with an error that names both batch sizes; fitting batches still sample."""
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.upsamplers import SelfCascadeApplyUpsamplers
+
+    model = tiny_models.tiny_sd15(0)
+    uset = fresh_set(model, mods, "light")
+    pivot2 = {"samples": torch.randn(2, 4, 4, 6, generator=torch.Generator().manual_seed(2))}
+    patched = SelfCascadeApplyUpsamplers.execute(model, uset, pivot2, 1.0, 100.0).result[0]
+    with pytest.raises(SelfCascadeError, match=r"pivot batch 2 does not fit the sampled batch 1"):
+        sample(patched, 8, 12, cfg=4.0, batch=1)
+    out = sample(patched, 8, 12, cfg=4.0, batch=2)  # the same pivot with a fitting batch still samples
+    assert out.shape == (2, 4, 8, 12) and torch.isfinite(out).all()
+    # the 2-row pivot is repeated once per cond/uncond chunk: 4 rows reach every upsampler
+    calls = record_calls(uset)
+    sample(patched, 8, 12, cfg=4.0, batch=2)
+    assert all(shape[0] == 4 for _, shape in calls)
