@@ -161,3 +161,26 @@ def test_non_unet_model_is_refused_naming_the_class(mods):
     uset = modules.UpsamplerSet.create([], 64, "Flux", "light")
     with pytest.raises(SelfCascadeError, match="'model' is a Flux.*not an SD-style UNet.*tuning-free"):
         patch.apply_upsamplers(model, uset, torch.zeros(1, 16, 4, 4), 1.0, 100.0)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_written_files_respect_the_umask(mods, tmp_path, umask, mode):
+    """Sets and training checkpoints are written through mkstemp (private 0o600); they must end with the mode
+    a plain open() gives (0o666 minus the umask), so a ComfyUI running as another user can read them."""
+    import os
+
+    from self_cascade.upsampler.checkpoint import Checkpoint, save_checkpoint
+
+    patch, _, _, fileformat = mods
+    uset = trained_set(tiny_models.tiny_sd15(0), mods)
+    old = os.umask(umask)
+    try:
+        fileformat.save_upsamplers(str(tmp_path / "set.safetensors"), uset)
+        save_checkpoint(str(tmp_path / "run.ckpt.safetensors"),
+                        Checkpoint(step=1, weights=dict(uset.state_dict()), optimizer={"state": {}, "param_groups": []},
+                                   rng={"cpu": torch.get_rng_state()}))
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt.safetensors", "set.safetensors"]
+    for p in tmp_path.iterdir():
+        assert oct(p.stat().st_mode & 0o777) == oct(mode), p.name

@@ -43,10 +43,26 @@ def check_save_name(name: str) -> str:
     return stem
 
 
+def current_umask() -> int:
+    """The process umask (read from /proc where possible, so it is never changed, even briefly)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` for a temp file in the same folder, fsync it, then ``os.replace``.
 
-    If ``write`` raises, the temp file is removed and an existing ``path`` is left untouched.
+    If ``write`` raises, the temp file is removed and an existing ``path`` is left untouched. The
+    file gets the mode a plain ``open(path, "w")`` would give (0o666 minus the umask), not
+    mkstemp's private 0o600, so a ComfyUI running as another user can read it.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -54,6 +70,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

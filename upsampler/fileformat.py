@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 
 import torch
 
+from .checkpoint import atomic_write
 from .modules import FORMAT_VERSION, UpsamplerInfo, UpsamplerSet
 from .taps import Tap
 
@@ -28,21 +28,13 @@ class IncompatibleUpsamplersError(ValueError):
 
 
 def save_upsamplers(path: str, uset: UpsamplerSet) -> None:
-    """Write ``uset`` to ``path`` atomically (temp file in the same folder, then os.replace)."""
+    """Write ``uset`` to ``path`` atomically (:func:`upsampler.checkpoint.atomic_write`: fsync, os.replace)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in uset.state_dict().items()}
     meta = {"format": FORMAT_TAG, "format_version": str(FORMAT_VERSION),
             "info": json.dumps(uset.info.to_json())}
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _read_header(path: str) -> dict:
