@@ -20,17 +20,14 @@ import sys
 import time
 from pathlib import Path
 
+import hostenv  # the dev host harness (dev/ is on the host venv's path)
 import torch
 
+hostenv.start()
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "dev"))
-import hostenv  # noqa: E402
-
-hostenv.prepare_in_process()
-sys.path.append(str(REPO))  # after ComfyUI's root: its top-level `nodes` module must win
-from benchmark import metrics as mt  # noqa: E402
-from benchmark import model as bm  # noqa: E402
-from benchmark import scenes  # noqa: E402
+from self_cascade.benchmark import metrics as mt  # noqa: E402
+from self_cascade.benchmark import model as bm  # noqa: E402
+from self_cascade.benchmark import scenes  # noqa: E402
 
 SAMPLER, SCHEDULER, CFG = "euler", "normal", 1.0
 TARGETS = {  # name: (base (H, W), target (H, W))
@@ -114,8 +111,7 @@ def _add(a: tuple, b: tuple) -> tuple:
 
 def train_t(bench: Bench, args) -> tuple[object, dict]:
     """Upsamplers for the T row, trained here by the pack's train_upsamplers on high-res renders."""
-    from self_cascade.nodes.train import train_upsamplers
-    from self_cascade.nodes.train_setup import TrainConfig
+    from self_cascade.nodes.training import TrainConfig, train_upsamplers
 
     n = args.train_images
     b = scenes.BASE_SHORT_SIDE  # crops of the first stage's size from renders at both stages' sizes

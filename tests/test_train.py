@@ -47,7 +47,7 @@ def undamped(model):
 
 
 def config(pack, **over):
-    from self_cascade.nodes.train_setup import TrainConfig
+    from self_cascade.nodes.training import TrainConfig
 
     base = dict(width=64, height=64, scale=2.0, steps=40, learning_rate=1e-2, batch_size=2, seed=0,
                 checkpoint_every=10, variant="official", log_every=100)
@@ -62,7 +62,7 @@ def cond():
 
 
 def test_training_reduces_loss_and_keeps_base_weights(pack, tiny_model, tmp_path):
-    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.nodes.training import train_upsamplers
     from self_cascade.upsampler.fileformat import load_upsamplers
 
     model = undamped(tiny_model)
@@ -101,7 +101,7 @@ class Cancel(Exception):
 def test_cancel_then_resume_matches_uninterrupted_run(pack, tiny_model, tmp_path):
     from self_cascade.nodes.patch import apply_upsamplers
     from self_cascade.nodes.pivot import upsample_pivot
-    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.nodes.training import train_upsamplers
     from self_cascade.upsampler.fileformat import load_upsamplers
 
     cfg = dict(steps=12, checkpoint_every=5, batch_size=1)
@@ -148,7 +148,7 @@ def test_cancel_then_resume_matches_uninterrupted_run(pack, tiny_model, tmp_path
 
 def test_bad_inputs_are_clear_errors(pack, tiny_model, tmp_path):
     from self_cascade.nodes.common import SelfCascadeError
-    from self_cascade.nodes.train import save_path_for, train_upsamplers
+    from self_cascade.nodes.training import save_path_for, train_upsamplers
 
     for bad in ("../x", "a/b", "a\\b", "..", "", ".hidden"):
         with pytest.raises(SelfCascadeError):
@@ -188,7 +188,7 @@ def test_loss_curve_image(pack):
 def test_other_families_train(pack, family):
     """SDXL (ADM y from the crop size via process_conds) and v-prediction models train and stay finite."""
     import tiny_models
-    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.nodes.training import train_upsamplers
 
     model = tiny_models.tiny_sdxl(seed=0) if family == "sdxl" else tiny_models.tiny_sd21v(seed=0)
     positive = tiny_models.conditioning(seed=3, pooled=family == "sdxl")
@@ -201,7 +201,7 @@ def test_other_families_train(pack, family):
 def test_generated_pivots_per_image_captions_and_dropout(pack, tiny_model):
     """pivot_mode 'generated' (base-model samples), one conditioning per image, caption dropout."""
     import tiny_models
-    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.nodes.training import train_upsamplers
 
     per_image = [tiny_models.conditioning(seed=s) for s in (1, 2)]
     empty = tiny_models.conditioning(seed=9)
@@ -215,7 +215,7 @@ def test_generated_pivots_per_image_captions_and_dropout(pack, tiny_model):
 def test_folder_input_is_confined_and_converted(pack, tmp_path):
     from PIL import Image
     from self_cascade.nodes.common import SelfCascadeError
-    from self_cascade.nodes.train_data import load_folder
+    from self_cascade.nodes.training.data import load_folder
 
     root = tmp_path / "input"
     (root / "ok").mkdir(parents=True)
@@ -261,7 +261,7 @@ def test_node_schema_and_nan_message(pack, tiny_model, monkeypatch, tmp_path):
 
 
 def test_nan_midway_keeps_last_good_checkpoint(pack, tiny_model, tmp_path):
-    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.nodes.training import train_upsamplers
     from self_cascade.upsampler.checkpoint import load_checkpoint
 
     calls = {"n": 0}
@@ -288,7 +288,7 @@ def test_gradient_checkpointing_gives_the_same_run(pack, tiny_model, monkeypatch
     """On CPU 'auto' is off; forced on, every UNet layer is recomputed in backward: same losses, and
     the layers' forward methods are restored afterwards."""
     import torch.utils.checkpoint as tuc
-    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.nodes.training import train_upsamplers
 
     real = tuc.checkpoint
     count = {"wrapped": 0, "ran": 0}
@@ -321,7 +321,7 @@ def test_comfy_interrupt_saves_checkpoint_and_existing_name_is_kept(pack, tiny_m
     a second run on the same save name without resume refuses to overwrite."""
     import comfy.model_management as mm
     from self_cascade.nodes.common import SelfCascadeError
-    from self_cascade.nodes.train import train_upsamplers
+    from self_cascade.nodes.training import train_upsamplers
     from self_cascade.upsampler.checkpoint import load_checkpoint
 
     path = str(tmp_path / "i.safetensors")

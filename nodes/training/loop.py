@@ -1,4 +1,4 @@
-"""The training loop of Algorithm 1, driven the way ComfyUI core drives training (nodes_train.py):
+"""The training loop of Algorithm 1, driven the way ComfyUI core drives training (its nodes_train.py):
 a ``comfy.samplers.Sampler`` whose ``sample`` runs the optimisation inside ``CFGGuider.sample``.
 
 That puts every forward on ComfyUI's real sampling path -- model loading, ``process_conds``
@@ -11,9 +11,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
+
+from .pairs import Batch
+from .parallel import Parallel
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ def loss_target(model_sampling) -> Callable:
             if fn is None:
                 break
             return fn
-    from .common import SelfCascadeError
+    from ..common import SelfCascadeError
 
     raise SelfCascadeError(f"training is not supported for {type(model_sampling).__name__} models "
                            "(supported: eps, v-prediction and flow models).")
@@ -74,15 +78,6 @@ def replace_inference_tensors(module: torch.nn.Module) -> int:
 # --- one training run inside CFGGuider.sample -------------------------------------------------
 
 @dataclass
-class Batch:
-    """One optimisation step's data: clean latents (model space), pivots (LATENT space), conds."""
-
-    x0: torch.Tensor
-    pivot: torch.Tensor
-    cond_index: list[int]
-
-
-@dataclass
 class LoopState:
     """What the loop mutates and a checkpoint captures."""
 
@@ -91,25 +86,36 @@ class LoopState:
     stopped_reason: str = "running"
 
 
+def timestep_sigma(model_sampling, t: torch.Tensor) -> torch.Tensor:
+    """sigma of the model at timesteps ``t`` out of 1000 (the scale K and end_timestep use)."""
+    return model_sampling.sigma(t).float()
+
+
 class UpsamplerTrainingSampler:
     """A ComfyUI Sampler (duck-typed: ``sample(model_wrap, sigmas, extra_args, ...)``) whose run
-    is the whole training loop. All decisions (data, timesteps, checkpoints) are callables."""
+    is the whole training loop. Data, checkpoints and interrupts come in as callables.
+
+    Each step trains this process's rows of the global batch (``parallel.rows``); the rows are
+    grouped by conditioning (one forward per group, gradients accumulated), each group's loss
+    weighted by its share of the global batch times the process count, so that the gradient
+    average over processes equals the one-process gradient of the whole batch.
+    """
 
     def __init__(self, *, total_steps: int, state: LoopState, next_batch: Callable[[], Batch],
-                 sample_sigma: Callable[[int], torch.Tensor], noise_like: Callable[[torch.Tensor], torch.Tensor],
                  set_pivot: Callable[[torch.Tensor], None], optimizer: torch.optim.Optimizer,
-                 params: list[torch.nn.Parameter], autocast_dtype: torch.dtype | None,
+                 trained: torch.nn.Module, autocast_dtype: torch.dtype | None,
                  on_step: Callable[[LoopState], None], check_interrupt: Callable[[], None],
-                 on_exception: Callable[[LoopState, BaseException], None], cond_slices: list[list[int]]):
+                 on_exception: Callable[[LoopState, BaseException], None], cond_slices: list[list[int]],
+                 parallel: Parallel | None = None):
         self.cond_slices = cond_slices
         self.total_steps = total_steps
         self.state = state
         self.next_batch = next_batch
-        self.sample_sigma = sample_sigma
-        self.noise_like = noise_like
         self.set_pivot = set_pivot
         self.optimizer = optimizer
-        self.params = params
+        self.params = list(trained.parameters())
+        self.parallel = parallel or Parallel()
+        self.forward = self.parallel.wrap(trained)
         self.autocast_dtype = autocast_dtype
         self.on_step = on_step
         self.check_interrupt = check_interrupt
@@ -121,8 +127,8 @@ class UpsamplerTrainingSampler:
         device = model_wrap.model_patcher.load_device
         x0 = batch.x0[rows].to(device)
         self.set_pivot(batch.pivot[rows].to(device))
-        sigma = self.sample_sigma(len(rows)).to(device)
-        noise = self.noise_like(x0).to(device)
+        sigma = timestep_sigma(ms, batch.timesteps[rows]).cpu().to(device)
+        noise = batch.noise[rows].to(device)
         xt = ms.noise_scaling(sigma, noise, x0, False)
         model_wrap.conds["positive"] = [conds_all[j] for j in self.cond_slices[batch.cond_index[rows[0]]]]
         if self.autocast_dtype is not None:
@@ -132,6 +138,24 @@ class UpsamplerTrainingSampler:
             denoised = model_wrap(xt, sigma, **extra_args)
         pred, target = target_fn(ms, xt.float(), denoised.float(), x0.float(), sigma.float())
         return torch.nn.functional.mse_loss(pred, target)
+
+    def _step(self, model_wrap, extra_args, conds_all, target_fn) -> float:
+        """Forward and backward of this process's rows; returns the global batch's loss."""
+        batch = self.next_batch()
+        n = batch.x0.shape[0]
+        groups: dict[int, list[int]] = {}
+        for row in self.parallel.rows(n):
+            groups.setdefault(batch.cond_index[row], []).append(row)
+        self.optimizer.zero_grad(set_to_none=True)
+        local = 0.0
+        for k, rows in enumerate(groups.values()):
+            last = k == len(groups) - 1
+            with nullcontext() if last else self.parallel.no_sync(self.forward):
+                loss = self.forward(lambda rows=rows: self._group_loss(model_wrap, extra_args, conds_all, batch,
+                                                                       rows, target_fn))
+                (loss * (len(rows) * self.parallel.world_size / n)).backward()
+            local += float(loss.detach()) * len(rows) / n
+        return self.parallel.all_sum(local)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -145,17 +169,7 @@ class UpsamplerTrainingSampler:
         try:
             while st.step < self.total_steps:
                 self.check_interrupt()
-                batch = self.next_batch()
-                groups: dict[int, list[int]] = {}
-                for row, ci in enumerate(batch.cond_index):
-                    groups.setdefault(ci, []).append(row)
-                self.optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                n = batch.x0.shape[0]
-                for rows in groups.values():
-                    loss = self._group_loss(model_wrap, extra_args, conds_all, batch, rows, target_fn)
-                    (loss * (len(rows) / n)).backward()
-                    total += float(loss.detach()) * len(rows) / n
+                total = self._step(model_wrap, extra_args, conds_all, target_fn)
                 grads_ok = all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in self.params)
                 if not math.isfinite(total) or not grads_ok:
                     st.stopped_reason = (f"non-finite loss ({total}) at step {st.step + 1}" if not math.isfinite(total)
@@ -177,14 +191,11 @@ class UpsamplerTrainingSampler:
         return torch.zeros_like(latent_image)
 
 
-class TrainingGuider:
-    """Build the guider lazily (ComfyUI import) with only positive conds, cfg 1 (no CFG in Algorithm 1)."""
+def training_guider(model_patcher, conds: list):
+    """ComfyUI's CFGGuider over ``model_patcher`` with only positive conds and cfg 1 (Algorithm 1 has no CFG)."""
+    import comfy.samplers
 
-    @staticmethod
-    def create(model_patcher, conds: list):
-        import comfy.samplers
-
-        guider = comfy.samplers.CFGGuider(model_patcher)
-        guider.inner_set_conds({"positive": conds})
-        guider.set_cfg(1.0)
-        return guider
+    guider = comfy.samplers.CFGGuider(model_patcher)
+    guider.inner_set_conds({"positive": conds})
+    guider.set_cfg(1.0)
+    return guider

@@ -1,4 +1,4 @@
-"""Training data for the upsampler trainer: images from an IMAGE batch or a folder, random crops.
+"""Training images: an IMAGE batch or a folder of image files with optional same-name ``.txt`` captions.
 
 Folder input is confined to ComfyUI's input directory (no absolute paths, no ``..``, no
 symlinks that lead outside). Grayscale / RGBA / palette images become RGB; unreadable files
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .common import SelfCascadeError
+from ..common import SelfCascadeError
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +83,40 @@ def resolve_input_folder(folder: str, input_dir: str) -> str:
     return path
 
 
-def load_folder(folder: str, input_dir: str) -> TrainingImages:
-    """Read every image in ``input_dir/folder`` (sorted), with same-name ``.txt`` captions if present."""
+def list_images(path: str) -> list[str]:
+    """The image file names in ``path`` (sorted; by extension, case-insensitive)."""
+    return sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def read_image(path: str) -> torch.Tensor:
+    """One image file as ``(H, W, 3)`` float 0..1 (EXIF rotation applied; alpha dropped; grayscale
+    and palette images become RGB). Raises whatever PIL raises for a broken file."""
     from PIL import Image, ImageOps
 
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            im = im.convert("RGBA").convert("RGB")
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy())
+
+
+def read_caption(image_path: str, root: str | None = None) -> str | None:
+    """The same-name ``.txt`` next to an image (stripped), or None; with ``root``, only inside it."""
+    txt = os.path.splitext(image_path)[0] + ".txt"
+    if not os.path.isfile(txt):
+        return None
+    if root is not None and os.path.commonpath([root, os.path.realpath(txt)]) != root:
+        return None
+    with open(txt, encoding="utf-8", errors="replace") as fh:
+        return fh.read().strip()
+
+
+def load_folder(folder: str, input_dir: str) -> TrainingImages:
+    """Read every image in ``input_dir/folder`` (sorted), with same-name ``.txt`` captions if present."""
     path = resolve_input_folder(folder, input_dir)
     root = os.path.realpath(input_dir)
-    files = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = list_images(path)
     if not files:
         raise SelfCascadeError(f"folder {folder!r} has no images ({', '.join(IMAGE_EXTENSIONS)}); put training "
                                "images in it or connect an IMAGE to 'images'.")
@@ -100,22 +127,12 @@ def load_folder(folder: str, input_dir: str) -> TrainingImages:
             bad.append(f"{name} (symlink outside the input directory)")
             continue
         try:
-            with Image.open(full) as im:
-                im = ImageOps.exif_transpose(im)
-                if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                    im = im.convert("RGBA").convert("RGB")
-                rgb = im.convert("RGB")
-                arr = np.asarray(rgb, dtype=np.float32) / 255.0
+            img = read_image(full)
         except Exception as exc:  # PIL raises many types for broken files
             bad.append(f"{name} ({type(exc).__name__}: {exc})")
             continue
-        caption = None
-        txt = os.path.splitext(full)[0] + ".txt"
-        if os.path.isfile(txt) and os.path.commonpath([root, os.path.realpath(txt)]) == root:
-            with open(txt, encoding="utf-8", errors="replace") as fh:
-                caption = fh.read().strip()
-        out.images.append(torch.from_numpy(arr.copy()))
-        out.captions.append(caption)
+        out.images.append(img)
+        out.captions.append(read_caption(full, root))
         out.names.append(name)
     if bad:
         raise SelfCascadeError(f"{len(bad)} file(s) in folder {folder!r} could not be read: " + "; ".join(bad)
@@ -132,10 +149,3 @@ def check_sizes(data: TrainingImages, height: int, width: int) -> None:
     if small:
         raise SelfCascadeError(f"{len(small)} image(s) are smaller than the training size {width}x{height} px: "
                                + ", ".join(small) + ". Remove them, use larger images, or lower the size/scale.")
-
-
-def random_crop(img: torch.Tensor, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-    """A random ``(height, width)`` crop of an ``(H, W, 3)`` image (positions from ``generator``)."""
-    top = int(torch.randint(0, img.shape[0] - height + 1, (1,), generator=generator))
-    left = int(torch.randint(0, img.shape[1] - width + 1, (1,), generator=generator))
-    return img[top:top + height, left:left + width]
