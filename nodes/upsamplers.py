@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 
 from comfy_api.latest import io
 
 from ..upsampler.checkpoint import CKPT_SUFFIX
+from ..upsampler.convert import PTH_SUFFIX, PickleRefusedError, cache_path, load_official_cached
 from ..upsampler.fileformat import UpsamplerFileError, load_upsamplers
 from .common import CATEGORY, MODEL_FOLDER, SelfCascadeError, Upsamplers, register_model_folder
 from .patch import apply_upsamplers
@@ -17,7 +19,11 @@ TUNED = f"{CATEGORY}/tuned"
 
 
 def load_named(name: str):
-    """Load ``models/self_cascade/<name>``; every error names the file."""
+    """Load ``models/self_cascade/<name>``; every error names the file.
+
+    An official ``.pth`` is converted on first use (weights-only unpickling) and the result cached
+    beside it as ``<stem>.converted.safetensors``; later loads read the cache.
+    """
     import folder_paths
 
     register_model_folder()
@@ -25,16 +31,38 @@ def load_named(name: str):
         path = folder_paths.get_full_path_or_raise(MODEL_FOLDER, name)
     except FileNotFoundError:
         raise SelfCascadeError(f"upsampler file '{name}' is not in models/{MODEL_FOLDER}/; "
-                               "put the .safetensors there and refresh.") from None
+                               "put the .safetensors (or the official upsampler_only.pth) there and refresh.") from None
     try:
+        if name.lower().endswith(PTH_SUFFIX):
+            uset, converted = load_official_cached(path)
+            if converted:
+                logger.info("Self-Cascade: converted %s (weights-only) and cached it as %s", name,
+                            os.path.basename(cache_path(path)))
+            return uset
         return load_upsamplers(path)
-    except UpsamplerFileError as e:
+    except PickleRefusedError as e:
         raise SelfCascadeError(str(e)) from None
+    except (UpsamplerFileError, ValueError) as e:
+        raise SelfCascadeError(f"'{name}': {e}" if name not in str(e) else str(e)) from None
 
 
-def upsampler_files(names: list[str]) -> list[str]:
-    """Upsampler sets among the folder's files (training checkpoints ``*.ckpt.safetensors`` are not)."""
-    return [n for n in names if not n.endswith(CKPT_SUFFIX)]
+def official_files() -> list[str]:
+    """Official ``.pth`` files in the registered models/self_cascade folders (relative names)."""
+    import folder_paths
+
+    found: set[str] = set()
+    for folder in folder_paths.get_folder_paths(MODEL_FOLDER):
+        if os.path.isdir(folder):
+            files, _ = folder_paths.recursive_search(folder, excluded_dir_names=[".git"])
+            found.update(folder_paths.filter_files_extensions(files, {PTH_SUFFIX}))
+    return sorted(found)
+
+
+def upsampler_files(names: list[str], pth_names: list[str] = ()) -> list[str]:
+    """Upsampler sets among the folder's files: ``.safetensors`` sets (not training checkpoints
+    ``*.ckpt.safetensors``, not the converted cache of a listed ``.pth``) and official ``.pth`` files."""
+    caches = {cache_path(n) for n in pth_names}
+    return sorted({n for n in names if not n.endswith(CKPT_SUFFIX) and n not in caches} | set(pth_names))
 
 
 class SelfCascadeUpsamplerLoader(io.ComfyNode):
@@ -49,10 +77,12 @@ class SelfCascadeUpsamplerLoader(io.ComfyNode):
             node_id="SelfCascadeUpsamplerLoader",
             display_name="Self-Cascade Upsampler Loader",
             category=TUNED,
-            description="Load trained Self-Cascade feature upsamplers (.safetensors in models/self_cascade/).",
-            inputs=[io.Combo.Input("upsampler_name", options=upsampler_files(folder_paths.get_filename_list(MODEL_FOLDER)),
-                                   tooltip="A set trained by SelfCascadeTrainUpsamplers or converted from the "
-                                           "official SDXL weights (scripts/convert_official_upsamplers.py).")],
+            description="Load trained Self-Cascade feature upsamplers (.safetensors, or the official SDXL "
+                        "upsampler_only.pth, in models/self_cascade/).",
+            inputs=[io.Combo.Input("upsampler_name",
+                                   options=upsampler_files(folder_paths.get_filename_list(MODEL_FOLDER), official_files()),
+                                   tooltip="A set trained by SelfCascadeTrainUpsamplers, or the official SDXL "
+                                           "upsampler_only.pth (converted on first load, cached beside it).")],
             outputs=[Upsamplers.Output(display_name="upsamplers",
                                        tooltip="The upsampler set; connect to Apply Upsamplers or Stage.")],
         )

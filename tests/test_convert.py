@@ -105,3 +105,17 @@ def test_convert_script_writes_a_loadable_safetensors(convert, tmp_path):
     assert loaded.taps == convert.SDXL_TAPS
     assert torch.equal(loaded.state_dict()["ups.3.blocks.1.out_layers.3.bias"],
                        synthetic_official(False)["unet.feature_upsampler3.1.out_layers.3.bias"])
+
+
+def test_refused_pickle_names_the_object_and_the_opt_in(convert, tmp_path):
+    """A Lightning file whose extra entries hold an object: weights-only refuses; the CLI says how to opt in."""
+    import argparse
+
+    src = tmp_path / "upsampler_only.pth"
+    torch.save({"state_dict": synthetic_official(False), "hyper_parameters": argparse.Namespace(lr=1e-5)}, src)
+    with pytest.raises(convert.PickleRefusedError, match=r"(?s)Python object argparse\.Namespace.*--trust-pickle"):
+        convert.load_official_pth(str(src))
+    run = subprocess.run([sys.executable, str(REPO / "scripts" / "convert_official_upsamplers.py"), str(src)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "--trust-pickle" in run.stderr and "argparse.Namespace" in run.stderr, run.stderr
+    assert "WARNING" not in run.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["upsampler_only.pth"]

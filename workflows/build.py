@@ -46,8 +46,11 @@ high-resolution sample. Put the .safetensors in ComfyUI/models/self_cascade/ and
 - end_timestep (100): the injection stops below this timestep so the last steps add fine detail freely."""
 
 NOTE_SDXL = """SDXL 1024 -> 2048 -> 4096 with the official Self-Cascade upsamplers.
-Convert the official .pth once (no download at run time):
-  python scripts/convert_official_upsamplers.py path/to/official.pth ComfyUI/models/self_cascade/sdxl_official.safetensors
+Get upsampler_only.pth from huggingface.co/NothingSpecialSiri/SelfCascade-SDXL (official code:
+github.com/GuoLanqing/Self-Cascade) and put it into ComfyUI/models/self_cascade/. 'Load Upsamplers'
+converts it on first load (weights-only) and caches upsampler_only.converted.safetensors beside it.
+If the error says weights-only loading refused the file and you trust it, convert it once with
+  python scripts/convert_official_upsamplers.py --trust-pickle ComfyUI/models/self_cascade/upsampler_only.pth
 Size conditioning: CLIPTextEncodeSDXL width/height and target_width/target_height stay at the BASE size
 (1024): SDXL was trained there, every stage reuses the same conditioning; crop_w/crop_h = 0."""
 
@@ -125,7 +128,7 @@ def sd15_cascade_2048(upsamplers: bool = False) -> Graph:
 def sdxl_cascade_4096() -> Graph:
     g = Graph("sdxl_cascade_4096")
     ck, pos, neg, ks = _base(g, SDXL_CKPT, 1024, steps=30, cfg=7.0, sdxl=True)
-    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 3.3, 12, upsampler_name="sdxl_official.safetensors")
+    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 3.3, 12, upsampler_name="upsampler_only.pth")
     last = _stages(g, ck, pos, neg, ks, [2048, 4096], ups, cfg=7.0)
     stages = [n for n in g.nodes if n.type == "SelfCascadeStage"] + [ups]
     _finish(g, last, ck, "self_cascade/sdxl_cascade_4096", 5.4, stages)
