@@ -15,17 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import hostenv  # the dev host harness (dev/ is on the host venv's path)
 import torch
 
+hostenv.start()
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "dev"))
-import hostenv  # noqa: E402
-
-hostenv.prepare_in_process()
-sys.path.append(str(REPO))
-from benchmark import metrics as mt  # noqa: E402
-from benchmark import model as bm  # noqa: E402
-from benchmark import scenes  # noqa: E402
+from self_cascade.benchmark import metrics as mt  # noqa: E402
+from self_cascade.benchmark import model as bm  # noqa: E402
+from self_cascade.benchmark import scenes  # noqa: E402
 
 SIZES = [("base", (16, 16)), ("4x", (32, 32)), ("16x", (64, 64)), ("base non-square", (16, 24)),
          ("4x non-square", (32, 48))]

@@ -119,6 +119,19 @@ def _stamp_wanted() -> dict:
             "requirements": (REPO / "requirements.txt").read_text() if (REPO / "requirements.txt").exists() else ""}
 
 
+def _write_dev_pth() -> None:
+    """Put ``dev/`` on the host venv's path (a ``.pth`` file), so ``import hostenv`` works in any script.
+
+    Only for the venv this file creates; with ``SELF_CASCADE_PYTHON`` the ``dev/test`` and ``dev/run``
+    commands set PYTHONPATH instead.
+    """
+    line = str(REPO / "dev") + "\n"
+    for site in VENV.glob("lib/python3*/site-packages"):
+        pth = site / "self_cascade_dev.pth"
+        if not pth.exists() or pth.read_text() != line:
+            pth.write_text(line)
+
+
 def setup(force: bool = False) -> Path:
     """Create the host if missing or stale; return the venv python."""
     HOST_DIR.mkdir(parents=True, exist_ok=True)
@@ -129,6 +142,7 @@ def setup(force: bool = False) -> Path:
     if not force and STAMP.exists() and _venv_python().exists():
         try:
             if json.loads(STAMP.read_text()) == wanted and comfyui_root().exists():
+                _write_dev_pth()
                 return _venv_python()
         except (json.JSONDecodeError, HostError):
             pass
@@ -142,6 +156,7 @@ def setup(force: bool = False) -> Path:
         _pip(py, ["-r", str(REPO / "requirements.txt")], "installing the pack's requirements.txt")
     if not os.environ.get("COMFYUI_PATH"):
         _install_bundled_comfyui(py)
+    _write_dev_pth()
     STAMP.write_text(json.dumps(wanted))
     return py
 

@@ -1,7 +1,15 @@
 """Use the development ComfyUI host from Python: in-process imports, the pack, a live server.
 
 Shared by the tests, the benchmark scripts and ``dev/run``. Run ``python3 dev/host.py setup``
-first (``dev/test`` and ``dev/run`` do); this module assumes it runs in the host venv.
+first (``dev/test`` and ``dev/run`` do); this module assumes it runs in the host venv, where
+``dev/`` is on the path (the venv's ``self_cascade_dev.pth``, written by ``dev/host.py``), so any
+script starts with::
+
+    import hostenv
+    hostenv.start()                       # ComfyUI in-process on the CPU, the pack as ``self_cascade``
+    from self_cascade.benchmark import model
+
+The path handling itself is the repository's one start-up helper, ``scripts/comfy_startup.py``.
 """
 from __future__ import annotations
 
@@ -21,8 +29,21 @@ REPO = Path(__file__).resolve().parent.parent
 STUBS = REPO / "dev" / "stubs"
 PACK_NAME = "self_cascade"
 
-sys.path.insert(0, str(REPO / "dev"))
-from host import comfyui_root  # noqa: E402
+from host import comfyui_root  # noqa: E402  (dev/ is on the path: this module lives there)
+
+
+def _load_startup() -> ModuleType:
+    """``scripts/comfy_startup.py``, loaded by file location (scripts/ is not on the path here)."""
+    if "comfy_startup" in sys.modules:
+        return sys.modules["comfy_startup"]
+    spec = importlib.util.spec_from_file_location("comfy_startup", REPO / "scripts" / "comfy_startup.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfy_startup"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+startup = _load_startup()
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,33 +67,19 @@ def extra_pythonpath() -> list[str]:
 
 def prepare_in_process() -> Path:
     """Make ``import comfy...`` work in this process on the CPU. Returns the ComfyUI root."""
-    root = comfyui_root()
-    for p in reversed(extra_pythonpath()):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    import comfy.options
-
-    comfy.options.args_parsing = False
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-    return root
+    paths = extra_pythonpath()
+    return startup.prepare_comfyui(Path(paths[0]), cpu=True, extra_paths=tuple(paths[1:]))
 
 
 def load_pack(name: str = PACK_NAME) -> ModuleType:
     """Import this repository as the package ``name`` (as ComfyUI does with a custom node folder)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
+    return startup.load_pack(name)
+
+
+def start() -> ModuleType:
+    """ComfyUI in-process on the CPU and the pack as ``self_cascade``: the first call of every dev script."""
+    prepare_in_process()
+    return load_pack()
 
 
 def free_port() -> int:

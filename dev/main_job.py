@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import hostenv  # this folder: the dev host harness
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "dev"))
-sys.path.insert(0, str(REPO / "workflows" / "api"))
-import hostenv  # noqa: E402
 
 DEFAULT_OUT = REPO / "out" / "main_job"
 ZOOM = 4
@@ -33,18 +32,16 @@ def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
     """Base vs direct vs cascade on the benchmark's small trained model, in process."""
     import torch
 
-    hostenv.prepare_in_process()
-    sys.path.append(str(REPO))  # after ComfyUI's root: its top-level `nodes` module must win
+    hostenv.start()
     import comfy.utils
     from PIL import Image, ImageDraw
+    from self_cascade.benchmark import model as bm
+    from self_cascade.benchmark import scenes
+    from self_cascade.nodes.cascade import StageSettings, cascade_stage
 
-    import nodes as comfy_nodes
-    from benchmark import model as bm
-    from benchmark import scenes
+    import nodes as comfy_nodes  # ComfyUI's nodes.py (its root is first on the path)
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
-    hostenv.load_pack()
-    from self_cascade.nodes.cascade import StageSettings, cascade_stage
 
     if not bm.WEIGHTS.is_file():
         raise SystemExit(f"the embedded default model is missing: {bm.WEIGHTS.relative_to(REPO)} "
@@ -95,7 +92,8 @@ def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
 
 def with_checkpoint(ckpt: Path, out: Path, overrides: list[str]) -> list[Path]:
     """Shipped workflow 1 on the real server with the user's checkpoint."""
-    import queue_workflow
+    hostenv.load_pack()
+    from self_cascade.workflows.api import queue_workflow
 
     if not ckpt.is_file():
         raise SystemExit(f"--checkpoint {ckpt}: no such file")

@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def test_core_imports_without_comfyui():
     """`upsampler/` is pure torch: it imports in a fresh interpreter with no ComfyUI on the path."""
-    code = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import pkgutil, importlib, upsampler; "
+    code = ("import sys, pkgutil, importlib, upsampler; "
             "[importlib.import_module('upsampler.' + m.name) for m in pkgutil.iter_modules(upsampler.__path__)]; "
             "assert not [m for m in sys.modules if m == 'comfy' or m.startswith('comfy.')], 'core imported comfy'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO))  # -c puts the cwd on the path
 
 
 def test_pack_root_imports_outside_comfyui():
@@ -26,7 +26,7 @@ def test_pack_root_imports_outside_comfyui():
             f"submodule_search_locations=[{str(REPO)!r}]); "
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
             "assert not hasattr(m, 'comfy_entrypoint')")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO))  # -c puts the cwd on the path
 
 
 def test_entrypoint_lists_v3_nodes_with_prefix_and_tooltips(pack):

@@ -61,7 +61,6 @@ def test_bad_arguments_are_explained():
 
 
 def test_server_not_running():
-    sys.path.insert(0, str(REPO / "dev"))
     import hostenv
 
     port = hostenv.free_port()
@@ -90,7 +89,6 @@ def test_missing_checkpoint_and_upsampler_files(comfy_server, tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def server_without_pack(tmp_path_factory):
-    sys.path.insert(0, str(REPO / "dev"))
     import hostenv
 
     server = hostenv.start_server(tmp_path_factory.mktemp("nopack"), with_pack=False)

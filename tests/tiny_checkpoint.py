@@ -91,8 +91,7 @@ def build_tiny_sd15_checkpoint(path: str | Path, seed: int = 0) -> dict:
 if __name__ == "__main__":  # python tests/tiny_checkpoint.py OUT.safetensors (inside the host venv)
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "dev"))
-    import hostenv
+    import hostenv  # the dev host harness (dev/ is on the host venv's path)
 
     hostenv.prepare_in_process()
     print(build_tiny_sd15_checkpoint(sys.argv[1] if len(sys.argv) > 1 else FILENAME))

@@ -109,3 +109,29 @@ def run_stage(model, positive, negative, latent, upsamplers=None, disable_pbar=T
 
     return cascade_stage(model, positive, negative, latent, StageSettings(**settings), upsamplers,
                          disable_pbar=disable_pbar)
+
+
+def tiny_wan21(seed: int = 0):
+    """A tiny random Wan 2.1 text-to-video model (ComfyUI's own WAN21 BaseModel, flow, shift 8): 5-D latents
+    (B, 16, T, H, W) with 16-dim text tokens."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.WAN21_T2V(dict(
+        image_model="wan2.1", model_type="t2v", patch_size=(1, 2, 2), in_dim=16, out_dim=16, dim=32, ffn_dim=64,
+        freq_dim=32, text_dim=WAN_TEXT_DIM, num_heads=2, num_layers=2))
+    model = config.get_model({})
+    seed_weights(model.diffusion_model, seed, scale=0.5)
+    model.diffusion_model.eval()
+    dev = comfy.model_management.get_torch_device()
+    return comfy.model_patcher.ModelPatcher(model, load_device=dev,
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+WAN_TEXT_DIM = 16
+
+
+def wan_conditioning(seed: int = 0, tokens: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, WAN_TEXT_DIM, generator=g), {}]]

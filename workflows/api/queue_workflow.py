@@ -33,8 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_client import ComfyClient, ComfyError, ExecutionFailed, PromptRejected  # noqa: E402
+try:  # imported as part of the pack (self_cascade.workflows.api)
+    from .comfy_client import ComfyClient, ComfyError, ExecutionFailed, PromptRejected
+except ImportError:  # run as a script: this folder is sys.path[0]
+    from comfy_client import ComfyClient, ComfyError, ExecutionFailed, PromptRejected
 
 HERE = Path(__file__).resolve().parent
 SAMPLING_TYPES = ("KSampler", "KSamplerAdvanced", "SelfCascadeStage", "SelfCascadeRenoise", "BasicScheduler")
