@@ -154,3 +154,46 @@ def test_missing_node_detection_can_fail(comfy_server, browser):
     next(n for n in ui["nodes"] if n["type"] == "SelfCascadeStage")["type"] = "SelfCascadeNoSuchNode"
     r = asyncio.run(_open_all(browser, comfy_server.url + "/", {"broken": json.dumps(ui)}))["broken"]
     assert r["missing"] and "SelfCascadeNoSuchNode" in json.dumps(r["missing"]), r
+
+
+HELP_JS = """(async () => {
+  const host = [...document.querySelectorAll('body *')].find(e => e.__vue_app__);
+  const pinia = host.__vue_app__.config.globalProperties.$pinia;
+  if (!pinia._s.get('nodeHelp')) {  // the store is created with the node library sidebar
+    await window.app.extensionManager.command.execute('Workspace.ToggleSidebarTab.node-library');
+  }
+  const t0 = Date.now();
+  while (!pinia._s.get('nodeHelp') && Date.now() - t0 < 10000) await new Promise(r => setTimeout(r, 100));
+  const help = pinia._s.get('nodeHelp');
+  if (!help) return JSON.stringify({error: 'no nodeHelp store', stores: [...pinia._s.keys()]});
+  const def = pinia._s.get('nodeDef').nodeDefsByName[%s];
+  help.openHelp(def);
+  await new Promise(r => setTimeout(r, 50));
+  while ((help.isLoading || !help.renderedHelpHtml) && Date.now() - t0 < 20000) await new Promise(r => setTimeout(r, 100));
+  return JSON.stringify({html: help.renderedHelpHtml, error: help.error, baseUrl: help.baseUrl});
+})()"""
+
+
+async def _node_help(port: int, url: str, node_id: str) -> dict:
+    import aiohttp
+
+    page = next(t for t in _json(f"http://127.0.0.1:{port}/json/list") if t["type"] == "page")
+    async with aiohttp.ClientSession() as s, s.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+        cdp = CDP(ws)
+        await cdp.call("Page.navigate", url=url)
+        deadline = time.monotonic() + 120
+        while not await cdp.eval(READY_JS):
+            if time.monotonic() > deadline:
+                raise AssertionError("the ComfyUI frontend did not become ready within 120 s")
+            await asyncio.sleep(0.5)
+        return json.loads(await cdp.eval(HELP_JS % json.dumps(node_id)))
+
+
+def test_node_info_panel_shows_the_packs_help_page(comfy_server, browser):
+    """The frontend's own node-help store (what the node-info panel renders) fetches web/docs/<NodeId>.md."""
+    r = asyncio.run(_node_help(browser, comfy_server.url + "/", "SelfCascadeStage"))
+    assert r.get("error") is None, r
+    assert r["baseUrl"] == "/extensions/self_cascade/docs/", r["baseUrl"]
+    html = r["html"]
+    assert "<h1" in html and "Self-Cascade Stage</h1>" in html, html[:500]
+    assert "50 steps at K=700 run 35-36" in html, "the rendered page is not web/docs/SelfCascadeStage.md"
