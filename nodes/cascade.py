@@ -10,6 +10,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+from ..upsampler.modules import DEFAULT_END_TIMESTEP
 from ..upsampler.renoise import DEFAULT_K, per_sample_noise
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class StageSettings:
     width: int = 0
     height: int = 0
     strength: float = 1.0
-    end_timestep: float = 100.0
+    end_timestep: float = DEFAULT_END_TIMESTEP
 
     def replace(self, **changes) -> StageSettings:
         """A copy with ``changes`` applied (e.g. the next seed or size)."""
@@ -59,21 +60,19 @@ def cascade_stage(model, positive, negative, latent: dict, settings: StageSettin
     import comfy.samplers
     import latent_preview
 
-    from .pivot import PIVOT_KEY, upsample_pivot
-    from .renoise import batch_index_of, cascade_sigmas
-    from .stage_checks import validate_stage
+    from .checks import batch_index_of, validate_stage
+    from .pivot import PIVOT_KEY, make_pivot
+    from .timesteps import cascade_sigmas
 
     s = settings
-    samples = validate_stage(model, latent, s, tuned=upsamplers is not None)
-    prev = dict(latent)
-    prev["samples"] = samples
-    pivot = upsample_pivot(prev, s.scale, s.upscale_method, s.width, s.height)
+    samples, size = validate_stage(model, latent, s, tuned=upsamplers is not None)
+    pivot = make_pivot(latent, samples, size, s.upscale_method)
     pivot_latent = pivot["samples"]
     sigma_k, sigmas = cascade_sigmas(model, s.K, s.steps, s.scheduler)
     noise = per_sample_noise(pivot_latent.shape, s.seed, batch_index_of(latent, pivot_latent.shape[0]),
                              dtype=pivot_latent.dtype)
     if upsamplers is not None:
-        from .patch import apply_upsamplers
+        from .patch import apply_upsamplers  # imported late: the stage without upsamplers never needs it
 
         model = apply_upsamplers(model, upsamplers, samples, s.strength, s.end_timestep)
     logger.info("Self-Cascade stage: %s -> %s, K=%g (sigma %.4f), %d of %d steps executed",

@@ -5,6 +5,14 @@ clean pivot (scaled once with ``process_latent_in``) through the frozen input bl
 block with the current ``emb`` and context, upsamples each tap's feature with the trained
 time-aware upsamplers, and adds ``strength *`` that to h after the skip is stored
 (``input_block_patch_after_skip``; the middle tap via ``output_block_patch`` at ("output", 0)).
+The patch acts while the model's timestep is above ``end_timestep`` (a paper timestep of 1000,
+mapped to the model's raw timestep by ``nodes/timesteps.model_timestep``; for SD models the two are
+the same number).
+
+Life cycle: :func:`apply_upsamplers` builds an :class:`UpsamplerInjection` and ``install`` returns a
+clone of the model carrying it as its one DIFFUSION_MODEL wrapper under PACK_KEY (installing again
+replaces it). The clone owns the wrapper; nothing else is touched, so removing the clone removes the
+patch. Training keeps the injection and assigns a new ``pivot`` per batch.
 """
 from __future__ import annotations
 
@@ -17,7 +25,8 @@ import torch.nn.functional as F
 from ..upsampler.fileformat import IncompatibleUpsamplersError, check_compatible
 from ..upsampler.modules import UpsamplerSet
 from ..upsampler.taps import Tap, derive_taps, emb_dim, is_unet
-from .common import PACK_KEY, SelfCascadeError
+from .common import DEFAULT_END_TIMESTEP, PACK_KEY, SelfCascadeError
+from .timesteps import model_sampling_of, model_timestep
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +123,13 @@ class UpsamplerInjection:
     """
 
     def __init__(self, upsamplers: UpsamplerSet, pivot: torch.Tensor, strength: float = 1.0,
-                 end_timestep: float = 100.0, dtype: torch.dtype | None = None):
+                 end_timestep: float = DEFAULT_END_TIMESTEP, dtype: torch.dtype | None = None):
         self.upsamplers = upsamplers
         self.strength = float(strength)
         self.end_timestep = float(end_timestep)
         self.dtype = dtype
         self._latent_in = None
+        self._model_sampling = None
         self.pivot = pivot
 
     @property
@@ -148,6 +158,7 @@ class UpsamplerInjection:
             raise SelfCascadeError(f"'pivot' has {self._pivot.shape[1]} channels, the model takes "
                                    f"{unet.in_channels}; connect a latent of this model's VAE.")
         self._latent_in = model.model.process_latent_in
+        self._model_sampling = model_sampling_of(model)
         self._scaled = None
         out = model.clone()
         kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
@@ -167,7 +178,9 @@ class UpsamplerInjection:
         return pair_pivot(p, x.shape[0], n_chunks)
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        on = timesteps > self.end_timestep  # strict: the official t == 100 branch defect
+        ms = self._model_sampling
+        end = model_timestep(ms, self.end_timestep) if ms is not None else self.end_timestep
+        on = timesteps > end  # strict: at t == end_timestep the plain model runs (the official code's t > 100)
         if self.strength == 0.0 or not bool(on.any()):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         unet = executor.class_obj
@@ -209,7 +222,7 @@ class UpsamplerInjection:
 
 
 def apply_upsamplers(model, upsamplers: UpsamplerSet, pivot: torch.Tensor, strength: float = 1.0,
-                     end_timestep: float = 100.0):
+                     end_timestep: float = DEFAULT_END_TIMESTEP):
     """A clone of ``model`` with the tuned Self-Cascade patch (NODES.md contract). Never mutates ``model``."""
     if not isinstance(upsamplers, UpsamplerSet):
         raise SelfCascadeError(f"'upsamplers' is a {type(upsamplers).__name__}, not a Self-Cascade upsampler "

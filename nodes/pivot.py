@@ -6,59 +6,35 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..upsampler.pivot import UPSCALE_METHODS, resize_latent, target_size
-from .common import CATEGORY, SelfCascadeError
+from ..upsampler.pivot import UPSCALE_METHODS, resize_latent
+from .checks import check_choice, check_latent, pivot_size
+from .common import CATEGORY, SCALE_MAX
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["NODES", "PIVOT_KEY", "check_latent", "make_pivot", "upsample_pivot"]
 
 #: Key under which the clean previous-stage latent travels inside a LATENT dict, so that the
 #: tuned patch (SelfCascadeApplyUpsamplers) can compute pivot features from it.
 PIVOT_KEY = "self_cascade_pivot"
-#: Spatial downscale of SD-family VAEs: latent cells per pixel side.
-LATENT_CELL = 8
 
 
-def check_latent(latent: dict, name: str = "latent") -> torch.Tensor:
-    """Return ``latent['samples']`` after checking it is a non-empty 4-D/5-D tensor."""
-    samples = latent.get("samples") if isinstance(latent, dict) else None
-    if samples is None or not hasattr(samples, "ndim"):
-        raise SelfCascadeError(f"'{name}' is not a LATENT (no 'samples' tensor). Connect a LATENT output.")
-    if samples.ndim not in (4, 5):
-        raise SelfCascadeError(f"'{name}' has shape {tuple(samples.shape)}; expected (B, C, H, W) or (B, C, T, H, W).")
-    if samples.shape[0] == 0:
-        raise SelfCascadeError(f"'{name}' is an empty batch (batch size 0). Feed at least one latent.")
-    return samples
-
-
-def pivot_size(samples, scale: float, width: int, height: int) -> tuple[int, int]:
-    """Latent (h, w) of the next stage from a per-side ``scale`` or explicit pixel ``width``/``height``."""
-    h, w = samples.shape[-2], samples.shape[-1]
-    if width or height:
-        if width % LATENT_CELL or height % LATENT_CELL or not (width and height):
-            raise SelfCascadeError(
-                f"width/height {width}x{height}: set both, as multiples of {LATENT_CELL} pixels "
-                "(or set both to 0 to use 'scale').")
-        size = (height // LATENT_CELL, width // LATENT_CELL)
-    else:
-        if scale < 1.0:
-            raise SelfCascadeError(f"scale {scale} would shrink the image; Self-Cascade goes up in size. Use a scale >= 1.")
-        size = target_size(h, w, scale)
-    if size[0] < h or size[1] < w:
-        raise SelfCascadeError(f"target {size[1] * LATENT_CELL}x{size[0] * LATENT_CELL} px is smaller than the "
-                               f"input {w * LATENT_CELL}x{h * LATENT_CELL} px on one side; choose a larger size.")
-    return size
-
-
-def upsample_pivot(latent: dict, scale: float, method: str, width: int = 0, height: int = 0) -> dict:
-    """The pivot step shared by the composable node and SelfCascadeStage. Never mutates ``latent``."""
-    samples = check_latent(latent)
-    size = pivot_size(samples, scale, width, height)
+def make_pivot(latent: dict, samples: torch.Tensor, size: tuple[int, int], method: str) -> dict:
+    """The pivot LATENT: ``samples`` resized to latent ``size`` (Eq. 6's up(z0)), the original kept
+    under PIVOT_KEY, the other keys of ``latent`` carried over. Inputs are assumed checked; never mutates."""
     out = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask", PIVOT_KEY)}
     if "noise_mask" in latent:
         logger.info("Self-Cascade: dropping the latent's noise_mask (it does not apply at the new size).")
     out["samples"] = resize_latent(samples, size, method)
     out[PIVOT_KEY] = samples
     return out
+
+
+def upsample_pivot(latent: dict, scale: float, method: str, width: int = 0, height: int = 0) -> dict:
+    """The Pivot Upsample node's work: check the inputs, then :func:`make_pivot`."""
+    samples = check_latent(latent)
+    check_choice(method, list(UPSCALE_METHODS), "upscale_method")
+    return make_pivot(latent, samples, pivot_size(samples, scale, width, height), method)
 
 
 class SelfCascadePivotUpsample(io.ComfyNode):
@@ -74,7 +50,7 @@ class SelfCascadePivotUpsample(io.ComfyNode):
                         "Keeps the original latent inside the LATENT so the tuned patch can use it.",
             inputs=[
                 io.Latent.Input("latent", tooltip="The finished latent of the previous stage (e.g. a KSampler output)."),
-                io.Float.Input("scale", default=2.0, min=1.0, max=8.0, step=0.01,
+                io.Float.Input("scale", default=2.0, min=1.0, max=SCALE_MAX, step=0.01,
                                tooltip="Factor per side (2.0 = 4x the pixels, the paper's stage). Ignored when width and height are set."),
                 io.Combo.Input("upscale_method", options=list(UPSCALE_METHODS), default="bicubic",
                                tooltip="bicubic: official code; bilinear: the paper; nearest-exact and area for comparison."),

@@ -24,7 +24,7 @@ def _independent_abar() -> torch.Tensor:
 @pytest.mark.parametrize("k", [700.0, 300.0, 1.0, 999.0])
 @pytest.mark.parametrize("name", ["eps", "v"])
 def test_sigma_at_k_discrete_is_timestep_k(pack, name, k):
-    from self_cascade.upsampler.renoise import sigma_at_k
+    from self_cascade.nodes.timesteps import schedule_sigma as sigma_at_k
 
     ms = FAMILIES[name](seed=0).get_model_object("model_sampling")
     sigma = sigma_at_k(ms, k)
@@ -39,7 +39,7 @@ def test_sigma_at_k_discrete_is_timestep_k(pack, name, k):
 @pytest.mark.parametrize("k", [700.0, 250.0])
 def test_sigma_at_k_flow_classes(pack, k):
     import comfy.model_sampling as cms
-    from self_cascade.upsampler.renoise import sigma_at_k
+    from self_cascade.nodes.timesteps import schedule_sigma as sigma_at_k
 
     flow = FAMILIES["flow"](seed=0).get_model_object("model_sampling")  # shift 3, SD3-style
     u = k / 1000
@@ -53,7 +53,8 @@ def test_sigma_at_k_flow_classes(pack, k):
 
 def test_eq6_mean_variance_and_exact_form(family):
     """The renoised latent follows Eq. 6: N(sqrt(abar) x0, (1-abar) I) for eps/v; N((1-s) x0, s^2 I) for flow."""
-    from self_cascade.upsampler.renoise import per_sample_noise, renoise, sigma_at_k
+    from self_cascade.nodes.timesteps import schedule_sigma as sigma_at_k
+    from self_cascade.upsampler.renoise import per_sample_noise, renoise
 
     name, model = family
     ms = model.get_model_object("model_sampling")
@@ -187,3 +188,28 @@ def test_handoff_to_sampler_custom_advanced_flow(pack):
     direct = comfy.sample.sample_custom(model, per_sample_noise(pivot.shape, 5), 3.0, sampler, sigmas,
                                         cond, cond, pivot, seed=5)
     assert (via_nodes - direct).abs().max().item() < 1e-4 * max(1.0, direct.abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["eps", "v", "flow"])
+def test_one_time_mapping_k_gate_and_training_agree(pack, name):
+    """nodes/timesteps.py is the one mapping. Discrete models: the gate's raw timestep is the DDPM index
+    (end 100 -> 100) and training's sigma is ms.sigma(t); K's schedule point t/1000 is index t*999/1000.
+    Flow models: all three agree exactly (raw = t * multiplier / 1000)."""
+    import comfy.model_sampling as cms
+    from self_cascade.nodes.timesteps import model_timestep, schedule_sigma, timestep_sigma
+
+    ms = FAMILIES[name](seed=0).get_model_object("model_sampling")
+    ts = torch.tensor([101.0, 350.0, 700.0])
+    if name == "flow":
+        assert [model_timestep(ms, t) for t in (100.0, 700.0)] == [100.0, 700.0]
+        for t in ts.tolist():
+            assert float(timestep_sigma(ms, t)) == pytest.approx(schedule_sigma(ms, t), rel=1e-6)
+        flux = cms.ModelSamplingFlux()  # raw timestep = sigma (no multiplier): the schedule point t/1000
+        assert model_timestep(flux, 700.0) == pytest.approx(schedule_sigma(flux, 700.0), rel=1e-6)
+    else:
+        assert model_timestep(ms, 100.0) == 100.0 and model_timestep(ms, 999.0) == 999.0
+        assert torch.equal(timestep_sigma(ms, ts), ms.sigma(ts).float())  # training's ms.sigma(t), unchanged
+        assert torch.equal(timestep_sigma(ms, torch.arange(101, 104)), ms.sigma(torch.arange(101, 104)).float())
+        for t in ts.tolist():
+            assert schedule_sigma(ms, t) == pytest.approx(float(ms.sigma(torch.tensor(t * 999 / 1000))), rel=1e-6)
+            assert schedule_sigma(ms, t) < float(timestep_sigma(ms, t))

@@ -1,4 +1,4 @@
-"""Time-aware feature upsamplers (METHOD.md "official architecture", Eq. 7-8) and the set of N of them.
+"""Time-aware feature upsamplers (the official architecture, paper Eq. 7-8) and the set of N of them.
 
 Each upsampler maps a pivot feature (B, C, h, w) and the UNet's time embedding ``emb`` (B, E)
 to (B, C, 2h, 2w). Both variants are EXACTLY a nearest x2 upsample at initialisation (their
@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .renoise import DEFAULT_K
 from .taps import Tap
 
 FORMAT_VERSION = 1
+#: The paper's switch-off point: the upsamplers act while the timestep (of 1000) is above 100.
+DEFAULT_END_TIMESTEP = 100.0
 
 
 def _groups(channels: int) -> int:
@@ -111,8 +114,8 @@ class UpsamplerInfo:
     emb_dim: int
     variant: str = "official"
     size: int = 0
-    K: float = 700.0
-    end_timestep: float = 100.0
+    K: float = DEFAULT_K
+    end_timestep: float = DEFAULT_END_TIMESTEP
     scale: float = 2.0
     steps: int = 0
     format_version: int = FORMAT_VERSION

@@ -2,13 +2,11 @@
 
 Eq. 6 of the paper: z_K ~ N(sqrt(abar_K) * up(z0_prev), (1 - abar_K) I), then denoise K -> 0 at
 the new size. Everything here is duck-typed on a ComfyUI ``model_sampling`` object (it needs
-``percent_to_sigma`` and ``noise_scaling``), so one implementation serves eps, v-prediction and
+``noise_scaling``), so one implementation serves eps, v-prediction and
 flow (CONST) models; nothing here imports ComfyUI.
 
-- K is given the paper's way, a timestep out of 1000 (open interval (0, 1000)). It maps to a
-  sigma with the model's own ``percent_to_sigma(1 - K/1000)``: for discrete eps/v models that
-  is the sigma at timestep (K/1000)*999; for flow models it is the (shifted) sigma at the
-  fraction K/1000 of the schedule.
+- K is given the paper's way, a timestep out of 1000; the node layer maps it to ``sigma_K``
+  (``nodes/timesteps.py``, one place for every timestep <-> sigma mapping) and passes sigmas here.
 - ``noise_scaling`` is Eq. 6 in ComfyUI's coordinates: eps/v models keep the latent in a
   variance-exploding space (x0 + sigma*eps), which after ``calculate_input`` (divide by
   sqrt(1 + sigma^2)) is exactly sqrt(abar)*x0 + sqrt(1 - abar)*eps with abar = 1/(1 + sigma^2);
@@ -24,19 +22,6 @@ T_STEPS = 1000
 DEFAULT_K = 700.0
 #: Relative gap below which a schedule sigma counts as a duplicate of sigma_K (no zero-length step).
 DUPLICATE_RTOL = 1e-5
-
-
-def check_k(k: float) -> float:
-    """Return ``k`` as float after checking it lies in the open interval (0, 1000)."""
-    k = float(k)
-    if not (0.0 < k < T_STEPS):
-        raise ValueError(f"K must lie strictly between 0 and {T_STEPS} (a timestep out of {T_STEPS}); got {k}")
-    return k
-
-
-def sigma_at_k(model_sampling, k: float) -> float:
-    """The model's sigma at the paper's timestep K (Eq. 6's step K), via ``percent_to_sigma``."""
-    return float(model_sampling.percent_to_sigma(1.0 - check_k(k) / T_STEPS))
 
 
 def remaining_sigmas(full: torch.Tensor, sigma_k: float) -> torch.Tensor:
