@@ -1,8 +1,8 @@
 """Generate the shipped workflows (UI format in workflows/, API twins in workflows/api/) from one
 description each, so the two formats cannot drift. Run by hand after a node's inputs change:
 
-    .host/venv/bin/python workflows/build.py            # starts a real server for /object_info
-    .host/venv/bin/python workflows/build.py --object-info info.json
+    .host/venv/bin/python dev/workflows/build.py            # starts a real server for /object_info
+    .host/venv/bin/python dev/workflows/build.py --object-info info.json
 
 Widget order comes from the live server's /object_info. A graph whose node types the server does
 not list is skipped with a warning (its files are left as they are). Each written graph also gets
@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+OUT = REPO / "workflows"  # what users drag into ComfyUI; this generator stays out of it
 sys.path.insert(0, str(HERE))
 from graph import Graph, out, to_api, to_ui  # noqa: E402
 from thumbnails import write_thumbnail  # noqa: E402
@@ -187,8 +189,8 @@ GRAPHS = {
 
 
 def live_object_info() -> dict:
-    sys.path.insert(0, str(HERE.parent / "dev"))
-    sys.path.insert(0, str(HERE / "api"))
+    sys.path.insert(0, str(REPO / "dev"))
+    sys.path.insert(0, str(OUT / "api"))
     import hostenv
     from comfy_client import ComfyClient
 
@@ -211,8 +213,8 @@ def build(info: dict, only: list[str] | None = None) -> list[str]:
         except KeyError as e:
             print(f"skipped {name}: {e}", file=sys.stderr)
             continue
-        (HERE / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
-        (HERE / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
+        (OUT / f"{name}.json").write_text(json.dumps(ui, indent=2) + "\n")
+        (OUT / "api" / f"{name}.json").write_text(json.dumps(api, indent=2) + "\n")
         write_thumbnail(name, ui, TITLES[name])
         written.append(name)
     return written

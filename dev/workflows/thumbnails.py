@@ -2,7 +2,7 @@
 
 What the picture shows is the graph itself (groups, nodes with their titles, links), drawn from
 the UI JSON, not a rendered image: the pack ships no model weights to render one with.
-Called by build.py; ``python workflows/thumbnails.py`` redraws all of them.
+Called by build.py; ``python dev/workflows/thumbnails.py`` redraws all of them.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 HERE = Path(__file__).resolve().parent
+OUT = HERE.parent.parent / "workflows"  # the shipped workflows and their thumbnails
 SIZE = (512, 320)
 PACK_COLOR = (70, 130, 200)
 CORE_COLOR = (90, 90, 96)
@@ -67,7 +68,7 @@ def render(ui: dict, title: str) -> Image.Image:
 
 
 def write_thumbnail(name: str, ui: dict, title: str) -> Path:
-    path = HERE / f"{name}.jpg"
+    path = OUT / f"{name}.jpg"
     render(ui, title).save(path, quality=88)
     return path
 
@@ -76,5 +77,5 @@ if __name__ == "__main__":
     sys.path.insert(0, str(HERE))
     from build import TITLES
 
-    for p in sorted(HERE.glob("*.json")):
+    for p in sorted(OUT.glob("*.json")):
         print(write_thumbnail(p.stem, json.loads(p.read_text()), TITLES.get(p.stem, p.stem)))
