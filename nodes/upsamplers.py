@@ -9,7 +9,16 @@ from comfy_api.latest import io
 from ..upsampler.checkpoint import CKPT_SUFFIX
 from ..upsampler.convert import PTH_SUFFIX, PickleRefusedError, cache_path, load_official_cached
 from ..upsampler.fileformat import UpsamplerFileError, load_upsamplers
-from .common import CATEGORY, MODEL_FOLDER, SelfCascadeError, Upsamplers, register_model_folder
+from .common import (
+    CATEGORY,
+    DEFAULT_END_TIMESTEP,
+    END_TIMESTEP_MAX,
+    MODEL_FOLDER,
+    STRENGTH_MAX,
+    SelfCascadeError,
+    Upsamplers,
+    register_model_folder,
+)
 from .patch import apply_upsamplers
 from .pivot import PIVOT_KEY, check_latent
 
@@ -112,9 +121,9 @@ class SelfCascadeApplyUpsamplers(io.ComfyNode):
                 Upsamplers.Input("upsamplers", tooltip="From Self-Cascade Upsampler Loader."),
                 io.Latent.Input("pivot", tooltip="The previous stage's latent, or the output of Self-Cascade Pivot "
                                                  "Upsample (its stored original is used)."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=4.0, step=0.01,
+                io.Float.Input("strength", default=1.0, min=0.0, max=STRENGTH_MAX, step=0.01,
                                tooltip="Scale of the added features; 0 = the plain model."),
-                io.Float.Input("end_timestep", default=100.0, min=0.0, max=1000.0, step=1.0,
+                io.Float.Input("end_timestep", default=DEFAULT_END_TIMESTEP, min=0.0, max=END_TIMESTEP_MAX, step=1.0,
                                tooltip="The patch is on while the model timestep is above this (0..1000); "
                                        "the last steps run the plain model (paper: 100)."),
             ],

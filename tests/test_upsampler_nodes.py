@@ -99,3 +99,22 @@ def test_cost_upsamplers_benchmark_quick(pack, capsys):
     assert [r["name"].split()[0] for r in results] == ["plain", "official", "light"]
     assert results[0]["ratio"] == 1.0 and all(r["s_per_step"] > 0 for r in results)
     assert "| light" in capsys.readouterr().out
+
+
+def test_shared_ranges_are_one_constant(pack):
+    """strength, end_timestep and K have the same widget range on every node that offers them (nodes/common.py);
+    the larger old maximum is kept so saved workflows stay valid (Stage strength was 2.0, Apply 4.0)."""
+    from self_cascade.nodes import common
+    from self_cascade.nodes.renoise import SelfCascadeRenoise
+    from self_cascade.nodes.stage import SelfCascadeStage
+    from self_cascade.nodes.upsamplers import SelfCascadeApplyUpsamplers
+
+    def inputs(node):
+        return {i.id: i for i in node.define_schema().inputs}
+
+    stage, apply, renoise = inputs(SelfCascadeStage), inputs(SelfCascadeApplyUpsamplers), inputs(SelfCascadeRenoise)
+    assert stage["strength"].max == apply["strength"].max == common.STRENGTH_MAX == 4.0
+    assert stage["end_timestep"].max == apply["end_timestep"].max == common.END_TIMESTEP_MAX == 1000.0
+    assert stage["end_timestep"].default == apply["end_timestep"].default == common.DEFAULT_END_TIMESTEP == 100.0
+    assert (stage["K"].min, stage["K"].max) == (renoise["K"].min, renoise["K"].max) == (1.0, 999.0)
+    assert stage["K"].tooltip == renoise["K"].tooltip == common.K_TOOLTIP
