@@ -204,7 +204,7 @@ def test_stage_node_schema_tooltips(pack):
     schema = SelfCascadeStage.define_schema()
     names = [i.id for i in schema.inputs]
     assert names == ["model", "positive", "negative", "latent", "scale", "upscale_method", "seed", "steps", "cfg",
-                     "sampler_name", "scheduler", "K", "upsamplers", "strength", "end_timestep"]
+                     "sampler_name", "scheduler", "K", "upsamplers", "strength", "end_timestep", "width", "height"]
     steps = next(i for i in schema.inputs if i.id == "steps")
     assert "WHOLE schedule" in steps.tooltip and "denoise" in steps.tooltip
     assert all(i.tooltip for i in schema.inputs)

@@ -1,0 +1,206 @@
+"""SelfCascadeUpscale (one node to any size) and Stage's explicit width/height, in-process and on the live server."""
+from __future__ import annotations
+
+import pytest
+import tiny_models
+import torch
+from tiny_models import run_stage
+
+SAMPLING = dict(upscale_method="bicubic", seed=11, steps=8, cfg=2.0, sampler_name="euler", scheduler="normal",
+                K=700.0)
+#: base 32 px wide x 48 px high -> 136 x 80: different factors per side (x4.25, x1.67), two stages.
+BASE_LATENT = (1, 4, 6, 4)
+TARGET = (136, 80)
+PLAN = [(88, 64), (136, 80)]
+
+
+@pytest.fixture
+def cond():
+    return tiny_models.conditioning(3)
+
+
+def _base(seed: int = 0, shape=BASE_LATENT) -> dict:
+    return {"samples": torch.randn(shape, generator=torch.Generator().manual_seed(seed))}
+
+
+def _upscale(model, cond, latent, target=TARGET, upsamplers=None, **over):
+    from self_cascade.nodes.cascade import StageSettings
+    from self_cascade.nodes.upscale import upscale
+
+    return upscale(model, cond, cond, latent, StageSettings(**{**SAMPLING, **over}), target, upsamplers,
+                   disable_pbar=True)
+
+
+def test_reaches_the_exact_non_square_target_and_equals_the_stage_chain(pack, tiny_model, cond):
+    """Two stages (the plan's sizes), final latent exactly 136x80 px; bit-identical to chaining the Stage
+    with the plan's width/height and seeds seed, seed+1."""
+    base = _base()
+    final, stages, plan = _upscale(tiny_model, cond, base)
+    assert final["samples"].shape == (1, 4, TARGET[1] // 8, TARGET[0] // 8)
+    assert [tuple(s["samples"].shape[-2:]) for s in stages] == [(h // 8, w // 8) for w, h in PLAN]
+    assert stages[-1] is final and torch.isfinite(final["samples"]).all()
+    assert "32x48 -> 88x64" in plan and "136x80" in plan and "seeds 11, 12" in plan, plan
+    chain = base
+    for i, (w, h) in enumerate(PLAN):
+        chain = run_stage(tiny_model, cond, cond, chain, **{**SAMPLING, "seed": SAMPLING["seed"] + i}, width=w,
+                          height=h)
+        assert torch.equal(chain["samples"], stages[i]["samples"]), f"stage {i} differs from the Stage chain"
+    same_seed_each = run_stage(tiny_model, cond, cond, stages[0], **SAMPLING, width=136, height=80)
+    assert not torch.equal(same_seed_each["samples"], final["samples"]), "stage 2 must use seed + 1"
+
+
+def test_one_stage_target_and_batch_index_kept(pack, tiny_model, cond):
+    base = {**_base(shape=(2, 4, 6, 4)), "batch_index": [4, 5]}
+    final, stages, _ = _upscale(tiny_model, cond, base, target=(40, 48))
+    assert len(stages) == 1 and final["samples"].shape == (2, 4, 6, 5)
+    assert final["batch_index"] == [4, 5]
+
+
+@pytest.mark.parametrize("target, over, message", [
+    ((24, 80), {}, "smaller than the base"),
+    ((132, 80), {}, "multiples of 8"),
+    ((32, 48), {}, "size of the input latent already"),
+    (TARGET, {"K": 1000.0}, "'K'"),
+    (TARGET, {"steps": 0}, "'steps'"),
+    (TARGET, {"sampler_name": "nope"}, "'sampler_name'"),
+    (TARGET, {"seed": 0xFFFFFFFFFFFFFFFF}, "stage 2 would use seed"),
+])
+def test_bad_inputs_fail_before_any_sampling(pack, tiny_model, cond, monkeypatch, target, over, message):
+    import comfy.sample
+    from self_cascade.nodes.common import SelfCascadeError
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled despite a bad input")
+
+    monkeypatch.setattr(comfy.sample, "sample_custom", no_sampling)
+    with pytest.raises(SelfCascadeError, match=message):
+        _upscale(tiny_model, cond, _base(), target=target, **over)
+
+
+def test_bad_upsamplers_fail_before_any_sampling(pack, tiny_model, cond, monkeypatch):
+    import comfy.sample
+    from self_cascade.nodes.common import SelfCascadeError
+
+    monkeypatch.setattr(comfy.sample, "sample_custom", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(SelfCascadeError, match="not a Self-Cascade upsampler set"):
+        _upscale(tiny_model, cond, _base(), upsamplers="not a set")
+    with pytest.raises(SelfCascadeError, match="'strength'"):
+        _upscale(tiny_model, cond, _base(), upsamplers="not a set", strength=-1.0)
+
+
+def test_progress_per_stage_and_cancel_between_stages(pack, tiny_model, cond, monkeypatch):
+    """The sampler reports its steps; after each stage the node's own bar reports (stage, stages). An interrupt
+    raised between stages stops the node before the next stage samples."""
+    import comfy.model_management
+    import comfy.utils
+    from self_cascade.nodes import upscale as upscale_mod
+
+    seen = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    try:
+        comfy.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: seen.append((v, t)))
+        _upscale(tiny_model, cond, _base())
+        stage_marks = [i for i, (v, t) in enumerate(seen) if t == len(PLAN)]
+        assert [seen[i] for i in stage_marks] == [(1, 2), (2, 2)], seen
+        assert stage_marks[1] == len(seen) - 1 and stage_marks[0] > 0, "stage marks must follow each stage's steps"
+
+        real = upscale_mod.cascade_stage
+        ran = []
+
+        def stage_then_cancel(*a, **k):
+            ran.append(1)
+            out = real(*a, **k)
+            comfy.model_management.interrupt_current_processing(True)
+            return out
+
+        monkeypatch.setattr(upscale_mod, "cascade_stage", stage_then_cancel)
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            _upscale(tiny_model, cond, _base())
+        assert ran == [1], "the second stage ran despite the interrupt"
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+        comfy.utils.set_progress_bar_global_hook(old)
+
+
+def test_tuned_upscale_uses_the_upsamplers(pack, tiny_model, cond):
+    from self_cascade.nodes.patch import model_family
+    from self_cascade.upsampler.modules import UpsamplerSet
+    from self_cascade.upsampler.taps import derive_taps, emb_dim
+
+    unet = tiny_model.model.diffusion_model
+    uset = UpsamplerSet.create(derive_taps(unet), emb_dim(unet), model_family(tiny_model), "light")
+    plain, _, _ = _upscale(tiny_model, cond, _base())
+    tuned, stages, _ = _upscale(tiny_model, cond, _base(), upsamplers=uset, end_timestep=0.0)
+    assert tuned["samples"].shape == plain["samples"].shape and len(stages) == 2
+    assert torch.isfinite(tuned["samples"]).all() and (tuned["samples"] - plain["samples"]).abs().max() > 1e-3
+
+
+def test_node_schema(pack):
+    from self_cascade.nodes.stage import SelfCascadeStage
+    from self_cascade.nodes.upscale import SelfCascadeUpscale
+
+    s = SelfCascadeUpscale.define_schema()
+    assert s.node_id == "SelfCascadeUpscale" and all(i.tooltip for i in s.inputs)
+    stage = {i.id: i for i in SelfCascadeStage.define_schema().inputs}
+    for name in ("upscale_method", "seed", "steps", "cfg", "sampler_name", "scheduler", "K", "strength",
+                 "end_timestep"):
+        mine = next(i for i in s.inputs if i.id == name)
+        assert mine.default == stage[name].default, name
+    assert [o.is_output_list for o in s.outputs] == [False, True, False]
+    ids = [i.id for i in SelfCascadeStage.define_schema().inputs]
+    assert ids[-2:] == ["width", "height"] and stage["width"].optional and stage["width"].default == 0
+
+
+def _prompt(ckpt: str) -> dict:
+    sampling = dict(SAMPLING, steps=4)
+    text = {"clip": ["1", 1]}
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red cat", **text}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", **text}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 32, "height": 48, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "seed": 1, "steps": 2, "cfg": 3.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+        "6": {"class_type": "SelfCascadeUpscale", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["5", 0],
+            "width": TARGET[0], "height": TARGET[1], **sampling}},
+        "7": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": "upscale_final"}},
+        "8": {"class_type": "SaveLatent", "inputs": {"samples": ["6", 1], "filename_prefix": "upscale_stages"}},
+        # Stage Plan drives a Stage through the new width/height inputs: equals the node's first stage.
+        "9": {"class_type": "SelfCascadeStagePlan", "inputs": {
+            "base_width": 32, "base_height": 48, "target_width": TARGET[0], "target_height": TARGET[1]}},
+        "10": {"class_type": "SelfCascadeStage", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["5", 0], "scale": 2.0,
+            "width": ["9", 2], "height": ["9", 3], **sampling}},
+        "11": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "plan_stage"}},
+        # An old Stage prompt (no width/height inputs at all) keeps working: scale 2.
+        "12": {"class_type": "SelfCascadeStage", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["5", 0], "scale": 2.0,
+            **sampling}},
+        "13": {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": "old_stage"}},
+    }
+
+
+def test_upscale_through_the_server(comfy_server, client, tiny_checkpoint):
+    """POST /prompt: 32x48 px -> exactly 136x80 px in one node; its stage list saved once per stage; Stage Plan's
+    first size drives a Stage to the node's first stage; an old Stage prompt without width/height runs."""
+    import safetensors.torch
+
+    entry = client.run(_prompt(tiny_checkpoint), timeout=300)
+
+    def saved(node: str) -> list[torch.Tensor]:
+        files = entry["outputs"][node]["latents"]
+        return [safetensors.torch.load_file(str(comfy_server.base_dir / "output" / f["subfolder"] / f["filename"]))
+                ["latent_tensor"] for f in files]
+
+    (final,) = saved("7")
+    assert tuple(final.shape) == (1, 4, TARGET[1] // 8, TARGET[0] // 8)
+    assert torch.isfinite(final).all() and final.std() > 0.01
+    stages = saved("8")
+    assert [tuple(t.shape[-2:]) for t in stages] == [(h // 8, w // 8) for w, h in PLAN]
+    assert torch.equal(stages[-1], final)
+    (plan_stage,) = saved("11")
+    assert torch.equal(plan_stage, stages[0]), "Stage driven by Stage Plan's first size != the node's first stage"
+    (old,) = saved("13")
+    assert tuple(old.shape) == (1, 4, 12, 8) and torch.isfinite(old).all()
