@@ -101,9 +101,10 @@ def read_image(path: str) -> torch.Tensor:
     return torch.from_numpy(arr.copy())
 
 
-def read_caption(image_path: str, root: str | None = None) -> str | None:
-    """The same-name ``.txt`` next to an image (stripped), or None; with ``root``, only inside it."""
-    txt = os.path.splitext(image_path)[0] + ".txt"
+def read_caption(image_path: str, root: str | None = None, extension: str = ".txt") -> str | None:
+    """The same-name caption file (``.txt``) next to an image (stripped), or None; with ``root``,
+    only a file inside it."""
+    txt = os.path.splitext(image_path)[0] + extension
     if not os.path.isfile(txt):
         return None
     if root is not None and os.path.commonpath([root, os.path.realpath(txt)]) != root:

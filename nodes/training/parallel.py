@@ -88,6 +88,16 @@ class Parallel:
             raise value
         return value
 
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every process, in rank order (one element when not distributed)."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def wrap(self, trained: torch.nn.Module) -> torch.nn.Module:
         """A module whose ``forward(fn)`` runs ``fn()``; DistributedDataParallel over ``trained``
         when several processes share the run."""
