@@ -231,7 +231,7 @@ def test_composes_with_freeu_and_deep_shrink(mods, plain_sample, other):
 
 
 def test_injection_trains_through_the_patch_and_pivot_can_be_swapped(mods):
-    """Engineer D's use: gradients reach only the upsamplers; assigning .pivot changes the features."""
+    """The training node's use: gradients reach only the upsamplers; assigning .pivot changes the features."""
     import comfy.patcher_extension
 
     patch, _, _ = mods

@@ -68,7 +68,7 @@ def test_loader_and_apply_nodes(model_folder):
 
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_cascade_stage_uses_the_upsamplers(pack, family):
-    """SelfCascadeStage's path (engineer A's cascade_stage) with our set: strength 0 == no upsamplers."""
+    """SelfCascadeStage's path (nodes.cascade.cascade_stage) with a set: strength 0 == no upsamplers."""
 
     sdxl = family == "sdxl"
     model = tiny_models.tiny_sdxl(0) if sdxl else tiny_models.tiny_sd15(0)

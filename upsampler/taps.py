@@ -1,7 +1,7 @@
 """Where the time-aware feature upsamplers read and write: taps derived from the UNet's structure.
 
 A tap is the output of one UNet block (ComfyUI names: ``("input", i)`` or ``("middle", 0)``).
-Rule (METHOD.md, official taps = outputs of diffusers' down blocks and mid block): the outputs of
+Rule (the official code taps the outputs of diffusers' down blocks and mid block): the outputs of
 the down-block boundaries -- every input block that is a Downsample, plus the last input block --
 and the middle block. When that gives more than ``max_taps`` taps, the last input block is
 dropped (it has the same shape as the middle block). SDXL: input 3, 6, 8 + middle (320, 640,
