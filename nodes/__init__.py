@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import pivot, renoise, stage, train, upsamplers, upscale
+from . import pivot, renoise, stage, train, untrained, upsamplers, upscale
 
 #: Modules that contribute nodes, in menu order.
-NODE_MODULES = (pivot, renoise, stage, upscale, upsamplers, train)
+NODE_MODULES = (pivot, renoise, stage, upscale, upsamplers, untrained, train)
 
 
 def all_nodes() -> list[type[io.ComfyNode]]:
