@@ -11,8 +11,7 @@ import os
 
 from comfy_api.latest import io
 
-from ..upsampler.renoise import DEFAULT_K
-from .common import CATEGORY, SelfCascadeError, Upsamplers
+from .common import CATEGORY, DEFAULT_END_TIMESTEP, DEFAULT_K, K_MAX, K_MIN, SEED_MAX, SelfCascadeError, Upsamplers
 from .training import TrainConfig, checkpoint_path_for, save_path_for, train_upsamplers
 from .training.data import from_image_input
 
@@ -64,10 +63,11 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
                 io.Float.Input("learning_rate", default=5e-5, min=1e-7, max=1.0, step=1e-6, tooltip="AdamW learning "
                                "rate (paper: 5e-5; weight decay 0.01)."),
                 io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Crops per step."),
-                io.Float.Input("K", default=DEFAULT_K, min=1.0, max=999.0, step=1.0, tooltip="Largest training timestep; "
+                io.Float.Input("K", default=DEFAULT_K, min=K_MIN, max=K_MAX, step=1.0, tooltip="Largest training timestep; "
                                "t is drawn from (end_timestep, K]. Use the K you sample with."),
-                io.Float.Input("end_timestep", default=100.0, min=0.0, max=998.0, step=1.0, tooltip="Upsamplers are "
-                               "used only for t above this (inference gate); training draws t above it too."),
+                io.Float.Input("end_timestep", default=DEFAULT_END_TIMESTEP, min=0.0, max=K_MAX - 1, step=1.0,
+                               tooltip="Upsamplers are used only for t above this (inference gate); training draws "
+                               "t above it too, so it stays below K (at most 998)."),
                 io.Combo.Input("pivot_mode", options=list(PIVOT_MODES), default="downsample", tooltip="downsample: "
                                "pivot = VAE(Downsample(crop)) (paper). generated: a base-model sample from the caption "
                                "(official code; needs clip)."),
@@ -75,7 +75,7 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
                                "official (about 145M parameters on SDXL) or light (bottleneck)."),
                 io.Int.Input("variant_size", default=0, min=0, max=4096, tooltip="Variant size (light: bottleneck "
                              "width); 0 = the variant's default."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="Seed of crops, timesteps, noise "
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, tooltip="Seed of crops, timesteps, noise "
                              "and dropout (a resumed run continues the same stream)."),
                 io.String.Input("save_name", default="self_cascade_upsamplers", tooltip="File name (no folders) under "
                                 "models/self_cascade/. An existing name is never overwritten unless resume is on."),

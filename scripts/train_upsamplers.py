@@ -45,6 +45,7 @@ class Stopped(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     start(comfyui=False)  # the pure-torch part of the pack only: --help works without ComfyUI
+    from self_cascade.upsampler.modules import DEFAULT_END_TIMESTEP
     from self_cascade.upsampler.renoise import DEFAULT_K
 
     p = argparse.ArgumentParser(
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="Seed of initialisation, data order, crops, timesteps, noise.")
     g.add_argument("--K", type=float, default=DEFAULT_K, help="Largest training timestep (of 1000); use the K you "
                    "sample with. Stored in the file.")
-    g.add_argument("--end_timestep", type=float, default=100.0, help="Upsamplers act only above this timestep.")
+    g.add_argument("--end_timestep", type=float, default=DEFAULT_END_TIMESTEP, help="Upsamplers act only above this timestep.")
     g.add_argument("--pivot_mode", choices=("downsample", "generated"), default="downsample", help="downsample: "
                    "pivot = VAE(Downsample(crop)) (paper); generated: a base-model sample from the caption, made "
                    "by every process for every image (slow, not cached).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ...upsampler.modules import DEFAULT_END_TIMESTEP
 from ...upsampler.pivot import target_size
 from ...upsampler.renoise import DEFAULT_K
 from ..common import SelfCascadeError
@@ -32,7 +33,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     batch_size: int = 1
     K: float = DEFAULT_K  # t ~ U{floor(end_timestep)+1 .. K}
-    end_timestep: float = 100.0
+    end_timestep: float = DEFAULT_END_TIMESTEP
     pivot_mode: str = "downsample"
     variant: str = "official"
     variant_size: int = 0

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..timesteps import timestep_sigma
 from .pairs import Batch
 from .parallel import Parallel
 
@@ -84,11 +85,6 @@ class LoopState:
     step: int
     losses: list[float] = field(default_factory=list)
     stopped_reason: str = "running"
-
-
-def timestep_sigma(model_sampling, t: torch.Tensor) -> torch.Tensor:
-    """sigma of the model at timesteps ``t`` out of 1000 (the scale K and end_timestep use)."""
-    return model_sampling.sigma(t).float()
 
 
 class UpsamplerTrainingSampler:
