@@ -1,10 +1,12 @@
 """Cost of the tuned patch: time per sampling step of the patched model vs the plain one (a benchmark).
 
-Same model, size, sampler, steps, cfg and seed; rows interleaved in one process, median of the
-repeats. The upsamplers are freshly initialised (cost does not depend on the weights) and on for
-every step (end_timestep -1), so the ratio is the per-step price while the patch is active; with
-the default end_timestep 100 about the last tenth of the steps run at the plain cost. The paper's
-figure for the whole tuned cascade is 1.06x direct inference.
+A thin command line over the performance suite's overhead rows (``benchmark/perf/overhead.py``; the
+whole suite at real sizes is ``benchmark/gpu_suite.py``). Same model, size, sampler, steps, cfg and
+seed; median of the repeats. The upsamplers are freshly initialised (cost does not depend on the
+weights) and on for every step (end_timestep -1), so the ratio is the per-step price while the patch
+is active; with the default end_timestep 100 about the last tenth of the steps run at the plain cost.
+The pivot pass (frozen input blocks + middle block on the half-size pivot) is also timed alone and
+given as a share of a plain step. The paper's figure for the whole tuned cascade is 1.06x direct.
 
     python benchmark/cost_upsamplers.py                         # tiny CPU UNet, 256 px target
     python benchmark/cost_upsamplers.py --real-size sdxl --device cuda   # 1024 -> 2048 px, random weights
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -38,9 +39,9 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
 
     cost.setup_host(args.device, args.threads)
-    import comfy.sample
-    import torch
-    from self_cascade.nodes.patch import apply_upsamplers, model_family
+    from perf.models import Device
+    from perf.overhead import overhead_rows
+    from self_cascade.nodes.patch import model_family
     from self_cascade.upsampler.modules import UpsamplerSet
     from self_cascade.upsampler.taps import derive_taps, emb_dim
 
@@ -51,40 +52,20 @@ def main(argv=None) -> list[dict]:
     model = cost.build_model(spec, args.device)
     unet = model.model.diffusion_model
     cond, uncond = cost.conditioning(spec, 1, 1), cost.conditioning(spec, 1, 2)
-    pivot = torch.randn(1, 4, side // 2, side // 2, generator=torch.Generator().manual_seed(3))
-    rows = {"plain": model}
+    sets = {}
     for variant in ("official", "light"):
         size = args.light_size if variant == "light" and args.light_size else 0
-        uset = UpsamplerSet.create(derive_taps(unet), emb_dim(unet), model_family(model), variant, size)
-        rows[f"{variant} ({uset.num_params() / 1e6:.2f} M)"] = apply_upsamplers(model, uset, pivot, 1.0, -1.0)
-    cuda = args.device == "cuda"
-
-    def run(m, n_steps):
-        empty = torch.zeros(1, 4, side, side)
-        out = comfy.sample.sample(m, comfy.sample.prepare_noise(empty, 0), n_steps, args.cfg, "euler", "normal",
-                                  cond, uncond, empty, disable_pbar=True, seed=0)
-        if cuda:
-            torch.cuda.synchronize()
-        return out
-
-    for m in rows.values():  # warm-up: kernels, allocator, model and upsampler loads
-        run(m, 1)
-    walls: dict[str, list[float]] = {n: [] for n in rows}
-    for _ in range(args.repeats):
-        for n, m in rows.items():
-            t0 = time.perf_counter()
-            out = run(m, steps)
-            walls[n].append(time.perf_counter() - t0)
-            assert torch.isfinite(out).all(), n
-    ref = sorted(walls["plain"])[(args.repeats - 1) // 2] / steps
+        sets[variant] = UpsamplerSet.create(derive_taps(unet), emb_dim(unet), model_family(model), variant, size)
+    rows = overhead_rows(model, spec, side, sets, steps, args.cfg, cond, uncond, Device(args.device), args.repeats)
     print(f"model {key} on {args.device}, target {side * 8}px (pivot {side * 4}px), {steps} steps euler, cfg {args.cfg}, "
           f"median of {args.repeats}")
-    print("| row | s/step | x plain |\n|---|---|---|")
+    print("| row | s/step | x plain | pivot pass share | peak MiB |\n|---|---|---|---|---|")
     results = []
-    for n, w in walls.items():
-        per = sorted(w)[(args.repeats - 1) // 2] / steps
-        results.append(dict(name=n, s_per_step=per, ratio=per / ref))
-        print(f"| {n} | {per:.4f} | {per / ref:.3f} |")
+    for r in rows:
+        name = r["name"] if r["name"] == "plain" else f"{r['name']} ({r['params'] / 1e6:.2f} M)"
+        share = r.get("pivot_share", float("nan"))
+        results.append(dict(r, name=name))
+        print(f"| {name} | {r['s_per_step']:.4f} | {r['ratio']:.3f} | {share:.3f} | {r['peak_mib']:.0f} |")
     return results
 
 

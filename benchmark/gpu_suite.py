@@ -46,6 +46,7 @@ from perf import models as pm  # noqa: E402
 
 REPO = HERE.parent
 FAMILIES = {"sd15": ("sd15", "quick", "SD1.5"), "sdxl": ("sdxl", "tiny_sdxl", "SDXL")}  # real, smoke, label
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 OUT_REAL = REPO / "benchmark" / "results" / "gpu"
 OUT_SMOKE = REPO / "benchmark" / "results" / "tmp" / "gpu_smoke"
 
@@ -65,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true",
                    help="CPU, tiny models, 4 steps: runs every row's code path; any row error is raised")
     p.add_argument("--strict", action="store_true", help="raise on the first row error (default: record it, go on)")
+    p.add_argument("--keep-going", action="store_true", help="with --smoke: record row errors instead of raising")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="(--smoke forces cpu)")
     p.add_argument("--families", default="sd15,sdxl", help="comma-separated: sd15, sdxl")
     p.add_argument("--sections", default="inference,overhead,training",
@@ -82,14 +84,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=None, help="timed optimiser steps per training row "
                    "(default 3; 1 smoke), after one warm-up step")
     p.add_argument("--train-px", type=int, default=1024, help="training resolution in pixels (smoke: 64)")
+    p.add_argument("--methods", default=",".join(training.METHODS), help="comma-separated training methods")
+    p.add_argument("--base-px", type=int, default=None,
+                   help="override both models' base size (a CPU check of the real-size layouts at small sizes)")
     p.add_argument("--budget-minutes", type=float, default=7.0,
                    help="time budget of the whole suite (model builds included); rows dropped/skipped to fit")
     p.add_argument("--threads", type=int, default=1, help="CPU torch threads (smoke / --device cpu)")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="inference weights (default bf16 on CUDA, fp32 on the CPU)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"output folder (default {OUT_REAL.relative_to(REPO)}; smoke: {OUT_SMOKE.relative_to(REPO)})")
     a = p.parse_args(argv)
     if a.smoke:
-        a.device, a.strict = "cpu", True
+        a.device, a.strict = "cpu", not a.keep_going
     a.steps = a.steps or (4 if a.smoke else 20)
     a.overhead_steps = a.overhead_steps or (1 if a.smoke else 3)
     a.train_steps = a.train_steps or (1 if a.smoke else 3)
@@ -130,7 +137,8 @@ class Suite:
         self.res["meta"] = dict(
             _versions(self.dev), smoke=args.smoke, command=shlex.join(cmd), budget_s=args.budget_minutes * 60,
             date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), wall_s=0.0,
-            dtypes="inference: UNet weights bf16 on CUDA (fp32 on the CPU); training: frozen base bf16, full "
+            dtypes=f"inference: UNet weights {args.dtype or ('bf16' if args.device == 'cuda' else 'fp32')}; "
+                   "training: frozen base bf16, full "
                    "fine-tuning fp32 master weights, trainable parameters and AdamW states fp32, bf16 autocast",
             settings=f"{args.steps} steps {args.sampler}/{args.scheduler}, cfg {args.cfg}, K {args.K:g}, seed "
                      f"{args.seed}, batch 1, hires denoise {args.hires_denoise}, Deep Shrink {inference.DEEP_SHRINK}"
@@ -178,8 +186,11 @@ class Suite:
 def _families(args) -> dict[str, dict]:
     out = {}
     for fam in [f.strip() for f in args.families.split(",") if f.strip()]:
+        if fam not in FAMILIES:
+            raise SystemExit(f"--families: choose from {list(FAMILIES)}")
         real, smoke, label = FAMILIES[fam]
-        spec = pm.SPECS[smoke if args.smoke else real]
+        spec = dict(pm.SPECS[smoke if args.smoke else real])
+        spec["base"] = args.base_px or spec["base"]
         out[fam] = dict(spec=spec, label=label, px=[spec["base"] * 2 ** i for i in range(3)])
     return out
 
@@ -205,6 +216,9 @@ def main(argv=None) -> dict:
     sections = {s.strip() for s in args.sections.split(",")}
     fams = _families(args)
     train_side = args.train_px // 8
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if any(m not in training.METHODS for m in methods):
+        raise SystemExit(f"--methods: choose from {list(training.METHODS)}")
 
     # 0. FLOP counts (meta device), models, measured seconds per call (also the warm-up), estimates, plan
     built, benches, est = {}, {}, []
@@ -214,7 +228,7 @@ def main(argv=None) -> dict:
         fi["flops"] = {f"{k}x{k}": v for k, v in pm.flops_per_call(spec, sides, batch=2).items()}
         fi["train_flops"] = pm.flops_per_call(spec, [train_side], batch=1)[train_side]
         fi["lora"] = training.matched_lora(spec)
-        model = pm.build_model(spec, args.device, seed=args.seed)
+        model = pm.build_model(spec, args.device, seed=args.seed, dtype=DTYPES[args.dtype] if args.dtype else None)
         fi["seconds_per_call"] = inference.time_per_call(model, spec, sides, dev)
         estimator = budget.Estimator.from_calibration(fi["flops"], fi["seconds_per_call"])
         b = inference.Bench(model, pm.conditioning(spec, 1, 1), pm.conditioning(spec, 1, 2), spec["base"], 2,
@@ -235,7 +249,7 @@ def main(argv=None) -> dict:
         if "training" in sections:
             step = 4 * estimator.call(fi["train_flops"])
             build = 2.0 if args.device == "cuda" else 0.1
-            for method in training.METHODS:
+            for method in methods:
                 for gc in (True, False):
                     est.append(budget.Item(f"training/{fam}/{method}/gc_{'on' if gc else 'off'}", f"training/{fam}",
                                            build + step * (1.35 if gc else 1.0) * (1 + args.train_steps),
@@ -288,7 +302,7 @@ def main(argv=None) -> dict:
     if "training" in sections:
         for fam, fi in fams.items():
             fam_rows = []
-            for method in training.METHODS:
+            for method in methods:
                 for gc in (True, False):
                     key = f"training/{fam}/{method}/gc_{'on' if gc else 'off'}"
                     rec = dict(family=fam, method=method, checkpointing=gc, side=train_side,

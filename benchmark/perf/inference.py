@@ -196,9 +196,13 @@ def time_per_call(model, spec: dict, sides: list[int], device: Device, repeats: 
     return out
 
 
-def median_of(fn: Callable[[], dict], repeats: int) -> dict:
-    """Run ``fn`` ``repeats`` times and keep the run with the median wall time (all its figures together)."""
-    runs = [fn() for _ in range(repeats)]
-    r = sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (all its figures together), with every run's wall time."""
+    r = dict(sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2])
     r["walls"] = [x["wall_s"] for x in runs]
     return r
+
+
+def median_of(fn: Callable[[], dict], repeats: int) -> dict:
+    """Run ``fn`` ``repeats`` times and keep the run with the median wall time."""
+    return median_run([fn() for _ in range(repeats)])

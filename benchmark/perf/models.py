@@ -51,6 +51,8 @@ def build_model(spec: dict, device: str, seed: int = 0, dtype=None):
     config.unet_config.update(spec["heads"])
     if dtype is None:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
     config.set_inference_dtype(dtype, None)
     dev = torch.device(device)
     model = config.get_model({}, device=dev)

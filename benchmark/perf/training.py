@@ -67,27 +67,35 @@ def add_lora(unet, rank: int) -> list:
 
 
 def train_row(spec: dict, method: str, side: int, checkpointing: bool, steps: int, warmup: int, device: Device,
-              lora_rank: int = 0) -> dict:
-    """Seconds per optimiser step and peak memory of one method at latent ``side`` (batch 1)."""
+              lora_rank: int = 0, precision: str = "bf16") -> dict:
+    """Seconds per optimiser step and peak memory of one method at latent ``side`` (batch 1).
+
+    ``precision``: "bf16" (bf16 autocast, frozen base in bf16) or "fp32" (everything fp32, no autocast).
+    """
     device.free()
     device.reset_peak()
     resident = device.allocated_mib()
-    result = _measure(spec, method, side, checkpointing, steps, warmup, device, lora_rank)
+    result = _measure(spec, method, side, checkpointing, steps, warmup, device, lora_rank, precision)
     result["resident_mib"] = resident  # memory held before the row's model was built (should be ~0)
     device.free()
     return result
 
 
 def _measure(spec: dict, method: str, side: int, checkpointing: bool, steps: int, warmup: int, device: Device,
-             lora_rank: int) -> dict:
+             lora_rank: int, precision: str) -> dict:
     """The row itself; everything it builds is local, so it is released when this returns."""
+    import contextlib
+
     import torch
     from self_cascade.nodes.patch import UpsamplerInjection, model_family
     from self_cascade.upsampler.modules import UpsamplerSet
     from self_cascade.upsampler.taps import derive_taps, emb_dim
 
     dev = torch.device(device.kind)
-    model = build_model(spec, device.kind, dtype=torch.float32 if method == "full" else torch.bfloat16)
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision {precision!r}: bf16 or fp32")
+    bf16 = precision == "bf16"
+    model = build_model(spec, device.kind, dtype=torch.bfloat16 if bf16 and method != "full" else torch.float32)
     base = model.model
     unet = base.diffusion_model
     unet.requires_grad_(method == "full")
@@ -118,7 +126,7 @@ def _measure(spec: dict, method: str, side: int, checkpointing: bool, steps: int
         sigma = ms.sigma(t)
         noise = torch.randn(x0.shape, generator=g, device=dev)
         xt = ms.noise_scaling(sigma, noise, x0, False)
-        with torch.autocast(dev.type, dtype=torch.bfloat16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             den = base.apply_model(xt, sigma, c_crossattn=ctx, transformer_options=dict(opts), **y)
         loss = torch.nn.functional.mse_loss((xt - den.float()) / sigma.view(-1, 1, 1, 1), noise)
         opt.zero_grad(set_to_none=True)
@@ -134,7 +142,8 @@ def _measure(spec: dict, method: str, side: int, checkpointing: bool, steps: int
         t0 = device.timer()
         losses = [step() for _ in range(steps)]
         sec = (device.timer() - t0) / steps
-    return dict(method=method, side=side, checkpointing=checkpointing, s_per_step=sec, peak_mib=device.peak_mib(),
+    return dict(method=method, side=side, checkpointing=checkpointing, precision=precision, s_per_step=sec,
+                peak_mib=device.peak_mib(),
                 trainable=sum(p.numel() for p in params), unet_params=sum(p.numel() for p in unet.parameters()),
                 rank=lora_rank if method == "lora" else None, finite=all(map(_finite, losses)))
 

@@ -1,0 +1,124 @@
+"""benchmark/gpu_suite.py --smoke: every row's code path on the CPU at tiny sizes, so the one GPU run cannot fail
+on a typo. Checks what can be checked without a GPU: each row ran (none dropped, no error), the UNet call
+counts equal the executed steps, ratios are computed from the recorded figures, the LoRA matches the
+official set's size, and a failing row raises under --smoke (and is recorded, the suite going on, without
+strictness). Speed figures themselves are never asserted (they are the benchmark's output)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def suite(pack):
+    spec = importlib.util.spec_from_file_location("sc_gpu_suite", REPO / "benchmark" / "gpu_suite.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+
+
+def _main(suite, argv):
+    threads = torch.get_num_threads()
+    try:
+        return suite.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_smoke_runs_every_row(suite, tmp_path):
+    res = _main(suite, ["--smoke", "--out", str(tmp_path)])
+    steps = 4
+    assert res["errors"] == []
+    statuses = {i["key"]: i["status"] for i in res["budget"]["items"]}
+    assert len(statuses) == 2 * (6 + 2 + 8) and set(statuses.values()) == {"done"}, statuses
+    from self_cascade.nodes.renoise import cascade_sigmas
+
+    for fam in ("sd15", "sdxl"):
+        fi = res["families"][fam]
+        rows = {r["name"]: r for r in res["inference"][fam]}
+        assert list(rows) == ["direct", "hires_fix", "deep_shrink", "tf_cascade", "t_official", "t_light"]
+        for r in rows.values():
+            assert r["status"] == "done" and r["finite"] and r["shape"] == [1, 4, 16, 16]
+            assert r["ratio"] == pytest.approx(r["wall_s"] / rows["direct"]["wall_s"])
+        model = suite.pm.build_model(suite.pm.SPECS["quick"], "cpu")
+        executed = len(cascade_sigmas(model, 700, steps, "normal")[1]) - 1
+        assert rows["direct"]["calls_by_side"] == rows["deep_shrink"]["calls_by_side"] == {"16x16": steps}
+        assert rows["hires_fix"]["calls_by_side"] == {"4x4": steps, "8x8": steps // 2, "16x16": steps // 2}
+        for name in ("tf_cascade", "t_official", "t_light"):
+            assert rows[name]["calls_by_side"] == {"4x4": steps, "8x8": executed, "16x16": executed}
+        # the ideal ratio is the executed calls weighted by the FLOP count per call at each size
+        flops = fi["flops"]
+        want = (steps * flops["4x4"] + executed * (flops["8x8"] + flops["16x16"])) / (steps * flops["16x16"])
+        assert rows["tf_cascade"]["ideal_flops"] == pytest.approx(want)
+        assert flops["4x4"] < flops["8x8"] < flops["16x16"]
+        assert "ideal_flops" not in rows["deep_shrink"]  # its steps are not plain UNet steps: no ideal given
+        over = res["overhead"][fam]
+        assert [(r["side"], r["name"]) for r in over] == [(8, "plain"), (8, "official"), (8, "light"),
+                                                          (16, "plain"), (16, "official"), (16, "light")]
+        for r in over:
+            assert r["s_per_step"] > 0 and r["status"] == "done"
+            if r["name"] != "plain":
+                assert r["pivot_s"] > 0 and r["pivot_share"] == pytest.approx(
+                    r["pivot_s"] / next(x for x in over if x["side"] == r["side"] and x["name"] == "plain")["s_per_step"])
+        train = [r for r in res["training"] if r["family"] == fam]
+        assert [(r["method"], r["checkpointing"]) for r in train] == [
+            (m, gc) for m in ("official", "light", "lora", "full") for gc in (True, False)]
+        by = {(r["method"], r["checkpointing"]): r for r in train}
+        for r in train:
+            assert r["finite"] and r["s_per_step"] > 0 and r["side"] == 8
+            full = by[("full", r["checkpointing"])]
+            assert r["speedup_vs_full"] == pytest.approx(full["s_per_step"] / r["s_per_step"])
+            assert math.isnan(r["memory_vs_full"])  # no CUDA: memory is not measured, never estimated
+        assert by[("full", True)]["trainable"] == by[("full", True)]["unet_params"]
+        assert by[("official", True)]["trainable"] == fi["lora"]["official"]
+        assert by[("light", True)]["trainable"] == fi["lora"]["light"]
+        assert by[("lora", True)]["trainable"] == fi["lora"]["lora_params"]
+        assert abs(fi["lora"]["lora_params"] - fi["lora"]["official"]) < fi["lora"]["official"] / fi["lora"]["lora_rank"]
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["meta"]["smoke"] is True and written["meta"]["command"].endswith("--smoke --out " + str(tmp_path))
+    table = (tmp_path / "table.md").read_text()
+    assert table.startswith("> **SMOKE RUN**") and "every planned row ran" in table
+    for name in ("hires_fix", "deep_shrink", "t_official", "lora r", "pivot share", "Goals"):
+        assert name in table
+
+
+def test_row_error_raises_under_smoke_and_is_recorded_otherwise(suite, tmp_path, monkeypatch):
+    def boom(b):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setitem(suite.inference.ROWS, "hires_fix", (boom, "planted"))
+    argv = ["--smoke", "--families", "sd15", "--sections", "inference", "--out", str(tmp_path)]
+    with pytest.raises(RuntimeError, match="planted failure"):
+        _main(suite, argv)
+    res = _main(suite, argv + ["--keep-going"])
+    status = {r["name"]: r["status"] for r in res["inference"]["sd15"]}
+    assert status.pop("hires_fix") == "error" and set(status.values()) == {"done"}
+    assert res["errors"][0]["key"] == "inference/sd15/hires_fix" and "planted failure" in res["errors"][0]["error"]
+    assert "planted failure" in (tmp_path / "table.md").read_text()
+
+
+def test_budget_guard_drops_rows_and_says_so(suite, tmp_path):
+    res = _main(suite, ["--smoke", "--families", "sd15", "--sections", "inference", "--budget-minutes", "0.01",
+                        "--out", str(tmp_path)])
+    items = {i["key"]: i for i in res["budget"]["items"]}
+    assert items and all(i["status"] in ("dropped", "skipped") for i in items.values())
+    assert all(r["status"] in ("dropped", "skipped") and "wall_s" not in r for r in res["inference"]["sd15"])
+    assert "not run, most expensive first" in (tmp_path / "table.md").read_text()
+
+
+def test_help_documents_each_row(suite, capsys):
+    with pytest.raises(SystemExit):
+        suite.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in list(suite.inference.ROWS) + list(suite.training.METHODS) + ["--smoke", "--budget-minutes"]:
+        assert name in text
