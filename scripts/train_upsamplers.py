@@ -133,14 +133,15 @@ def _model_file(path: str | None, flag: str) -> str | None:
     return path
 
 
-def load_models(args):
-    """(model patcher, clip, vae) through ComfyUI's own loaders."""
+def load_models(args, need_vae: bool = True):
+    """(model patcher, clip, vae) through ComfyUI's own loaders; vae None when not ``need_vae``."""
     import comfy.sd
     import comfy.utils
+    from self_cascade.nodes.common import SelfCascadeError
 
     vae = None
     if args.checkpoint:
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=args.vae is None,
+        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(args.checkpoint, output_vae=need_vae and args.vae is None,
                                                                     output_clip=not args.clip)[:4]
     else:
         model = comfy.sd.load_diffusion_model(args.unet)
@@ -148,13 +149,14 @@ def load_models(args):
     if args.clip:
         clip_type = getattr(comfy.sd.CLIPType, args.clip_type.upper(), None)
         if clip_type is None:
-            raise ValueError(f"--clip_type {args.clip_type!r} is not a ComfyUI CLIP type.")
+            raise SelfCascadeError(f"--clip_type {args.clip_type!r} is not a ComfyUI CLIP type.")
         clip = comfy.sd.load_clip(ckpt_paths=list(args.clip), embedding_directory=None, clip_type=clip_type)
-    if args.vae:
+    if args.vae and need_vae:
         vae = comfy.sd.VAE(sd=comfy.utils.load_torch_file(args.vae, safe_load=True))
-    if model is None or clip is None or vae is None:
-        missing = [n for n, v in (("diffusion model", model), ("text encoder", clip), ("VAE", vae)) if v is None]
-        raise ValueError(f"no {', '.join(missing)} loaded: give --checkpoint with all parts, or --unet, --clip, --vae.")
+    if model is None or clip is None or (need_vae and vae is None):
+        missing = [n for n, v in (("diffusion model", model), ("text encoder", clip), ("VAE", vae if need_vae else 1))
+                   if v is None]
+        raise SelfCascadeError(f"no {', '.join(missing)} loaded: give --checkpoint with all parts, or --unet, --clip, --vae.")
     return model, clip, vae
 
 
@@ -218,15 +220,18 @@ class LossLog:
         atomic_write(self.png, lambda tmp: Image.fromarray(img).save(tmp, format="PNG"))
 
 
-def _signals(flag: dict) -> None:
+def _signals(flag: dict) -> dict:
+    """SIGTERM/SIGINT set ``flag["signal"]`` (checked between steps); returns the previous handlers."""
     def handler(signum, frame):
         flag["signal"] = signal.Signals(signum).name
         print(f"[rank {flag['rank']}] {flag['signal']} received: stopping at the next step boundary (the checkpoint "
               "of the last completed step is kept). If another process died, torchrun names it.", file=sys.stderr,
               flush=True)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    for sig in previous:
         signal.signal(sig, handler)
+    return previous
 
 
 def _kill_hook(rank: int) -> int | None:
@@ -240,7 +245,7 @@ def _kill_hook(rank: int) -> int | None:
 def run(args, parallel) -> int:
     from self_cascade.nodes.common import SelfCascadeError
     from self_cascade.nodes.training import Parallel, TrainConfig, checkpoint_path_for, save_path_for, train_on_pairs
-    from self_cascade.nodes.training.folder import encode_folder, scan_folder
+    from self_cascade.nodes.training.folder import cached_keys, encode_folder, scan_folder
 
     writer = parallel.is_writer
     width, height = _resolution(args.resolution)
@@ -277,8 +282,12 @@ def run(args, parallel) -> int:
     for w in warnings if writer else []:
         logger.warning(w)
 
-    model, clip, vae = load_models(args)
-    cell = int(vae.spacial_compression_encode())
+    cache_dir = None if args.no_latent_cache else os.path.abspath(args.latent_cache or os.path.join(args.output_dir,
+                                                                                                     "latent_cache"))
+    have = parallel.from_rank0(lambda: cached_keys(cache_dir))
+    need_vae = any(e.key not in have for e in entries)  # all cached: the VAE is not even loaded
+    model, clip, vae = load_models(args, need_vae)
+    cell = int(vae.spacial_compression_encode()) if vae is not None else cfg.latent_cell
     if cell != cfg.latent_cell:
         raise SelfCascadeError(f"this VAE has a latent scale of {cell} px, the trainer expects {cfg.latent_cell}.")
     channels = int(model.model.diffusion_model.in_channels)
@@ -290,13 +299,11 @@ def run(args, parallel) -> int:
 
     from tqdm import tqdm
 
-    cache_dir = None if args.no_latent_cache else os.path.abspath(args.latent_cache or os.path.join(args.output_dir,
-                                                                                                     "latent_cache"))
     bar = tqdm(total=len(entries), desc="encode", disable=not writer, unit="img")
-    items, skipped = encode_folder(args.train_data_dir, entries, vae.encode, cfg, channels,
+    items, skipped = encode_folder(args.train_data_dir, entries, vae.encode if vae else None, cfg, channels,
                                    lambda e: index[e.caption or args.prompt], cache_dir=cache_dir, parallel=parallel,
                                    skip_unreadable=args.skip_unreadable_images,
-                                   progress=lambda n: bar.update(n * parallel.world_size))
+                                   progress=lambda n: bar.update(n * parallel.world_size), have=have)
     bar.close()
     for w in skipped if writer else []:
         logger.warning(w)
@@ -316,7 +323,7 @@ def run(args, parallel) -> int:
                              for r in range(parallel.world_size)), cfg.steps, save_path)
 
     flag = {"signal": None, "rank": parallel.rank, "step": 0}
-    _signals(flag)
+    previous_handlers = _signals(flag)
     kill_at = _kill_hook(parallel.rank)
     log = LossLog(save_path[: -len(".safetensors")]) if writer else None
     steps_bar = tqdm(total=cfg.steps, desc="train", disable=not writer, unit="step")
@@ -339,6 +346,8 @@ def run(args, parallel) -> int:
         result = train_on_pairs(model, items, conds, config=cfg, save_path=save_path, resume=args.resume,
                                 interrupt_check=interrupt_check, progress=progress, empty=empty, parallel=parallel)
     finally:
+        for sig, old in previous_handlers.items():
+            signal.signal(sig, old)
         steps_bar.close()
         if log is not None:
             log.close()

@@ -4,7 +4,9 @@ Real parts throughout: torchrun with 2 processes (gloo), ComfyUI's checkpoint lo
 and VAE, the shared training core, the live server's Upsampler Loader. One run per process
 count is shared by the tests of this module (``cli_runs``): A one process, B two processes,
 C two processes whose rank 1 is killed (SIGKILL, through the script's test hook) after the
-checkpoint of step 2, D one process resuming C. Error cases call ``main()`` in-process.
+checkpoint of step 2, D one process resuming C. The one-process runs (A, D) and the error cases
+call the script's ``main()`` in the test process (ComfyUI is imported there already), the
+two-process runs are real ``torchrun`` launches.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def _env() -> dict:
 
 
 def _launch(nproc: int, out: Path, data: Path, ckpt: Path, *extra: str, env: dict | None = None):
-    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else [sys.executable]
+    """``torchrun --standalone --nproc_per_node nproc`` of the script (gloo on the CPU)."""
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc)]
     cmd += [str(SCRIPT), "--checkpoint", str(ckpt), "--train_data_dir", str(data), "--output_dir", str(out),
             "--latent_cache", str(out.parent / "cache"), *ARGS, *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**_env(), **(env or {})},
@@ -68,13 +71,43 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+class _InProcess:
+    """The result of ``main()`` run in this process, shaped like a CompletedProcess."""
+
+    def __init__(self, returncode: int, log: str):
+        self.returncode, self.stdout, self.stderr = returncode, "", log
+
+
+def _in_process(out: Path, data: Path, ckpt: Path, *extra: str) -> _InProcess:
+    """One process, in the test process (its imports are already done): ``main()`` with the same arguments."""
+    import logging
+
+    import hostenv
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        rc = _cli().main(["--checkpoint", str(ckpt), "--train_data_dir", str(data), "--output_dir", str(out),
+                          "--latent_cache", str(out.parent / "cache"), *ARGS, "--comfyui",
+                          hostenv.extra_pythonpath()[0], *extra])
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    return _InProcess(rc, "\n".join(lines))
+
+
 @pytest.fixture(scope="module")
-def cli_runs(tmp_path_factory, tiny_checkpoint_file):
+def cli_runs(tmp_path_factory, tiny_checkpoint_file, pack):
     root = tmp_path_factory.mktemp("cli")
     data = root / "data"
     _write_images(data)
     runs = {}
-    runs["A"] = _launch(1, root / "A", data, tiny_checkpoint_file)
+    runs["A"] = _in_process(root / "A", data, tiny_checkpoint_file)  # one process; encodes and fills the cache
     runs["B"] = _launch(2, root / "B", data, tiny_checkpoint_file)
     runs["C"] = _launch(2, root / "C", data, tiny_checkpoint_file, env={"SELF_CASCADE_TRAIN_TEST_KILL": "1:2"})
     from self_cascade.upsampler.checkpoint import load_checkpoint
@@ -82,7 +115,7 @@ def cli_runs(tmp_path_factory, tiny_checkpoint_file):
     c_ckpt = root / "C" / "cli.ckpt.safetensors"
     runs["C_state"] = {"final_exists": (root / "C" / "cli.safetensors").exists(),
                        "ckpt_step": load_checkpoint(str(c_ckpt)).step if c_ckpt.exists() else None}
-    runs["D"] = _launch(1, root / "C", data, tiny_checkpoint_file, "--resume")
+    runs["D"] = _in_process(root / "C", data, tiny_checkpoint_file, "--resume")  # resumed by one process
     runs["root"] = root
     return runs
 

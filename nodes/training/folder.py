@@ -108,19 +108,23 @@ def _write_cached(cache_dir: str, entry: FolderEntry, x0: torch.Tensor, pivot: t
                  lambda tmp: save_file(tensors, tmp, metadata={"image": entry.name, "key": entry.key}))
 
 
-def encode_folder(folder: str, entries: list[FolderEntry], encode: Callable, cfg: TrainConfig, channels: int,
+def cached_keys(cache_dir: str | None) -> set[str]:
+    """The keys present in the latent cache (call on rank 0)."""
+    if not cache_dir or not os.path.isdir(cache_dir):
+        return set()
+    return {f[: -len(".safetensors")] for f in os.listdir(cache_dir) if f.endswith(".safetensors")}
+
+
+def encode_folder(folder: str, entries: list[FolderEntry], encode: Callable | None, cfg: TrainConfig, channels: int,
                   cond_of: Callable[[FolderEntry], int], *, cache_dir: str | None, parallel: Parallel,
-                  skip_unreadable: bool = False, progress: Callable[[int], None] | None = None
-                  ) -> tuple[list[EncodedImage], list[str]]:
+                  skip_unreadable: bool = False, progress: Callable[[int], None] | None = None,
+                  have: set[str] | None = None) -> tuple[list[EncodedImage], list[str]]:
     """Encoded pairs for ``entries`` (cached ones read, the rest encoded and cached); every process
     returns the same list. Returns (items, warnings); an image that fails to decode stops the run
-    with every such file listed, unless ``skip_unreadable`` (then it is left out with a warning)."""
-    def cached_keys() -> set[str]:
-        if not cache_dir or not os.path.isdir(cache_dir):
-            return set()
-        return {f[: -len(".safetensors")] for f in os.listdir(cache_dir) if f.endswith(".safetensors")}
-
-    have = parallel.from_rank0(cached_keys)
+    with every such file listed, unless ``skip_unreadable`` (then it is left out with a warning).
+    ``have``: the cached keys as rank 0 found them (read here when None); ``encode`` may be None
+    when every entry is cached."""
+    have = parallel.from_rank0(lambda: cached_keys(cache_dir)) if have is None else have
     missing = [i for i, e in enumerate(entries) if e.key not in have]
     encoded, failed = {}, {}
     for i in missing[parallel.rank::parallel.world_size]:
