@@ -50,7 +50,7 @@ def test_smoke_runs_every_row(suite, tmp_path):
         for r in rows.values():
             assert r["status"] == "done" and r["finite"] and r["shape"] == [1, 4, 16, 16]
             assert r["ratio"] == pytest.approx(r["wall_s"] / rows["direct"]["wall_s"])
-        model = suite.pm.build_model(suite.pm.SPECS["quick"], "cpu")
+        model = suite.runner.pm.build_model(suite.runner.pm.SPECS["quick"], "cpu")
         executed = len(cascade_sigmas(model, 700, steps, "normal")[1]) - 1
         assert rows["direct"]["calls_by_side"] == rows["deep_shrink"]["calls_by_side"] == {"16x16": steps}
         assert rows["hires_fix"]["calls_by_side"] == {"4x4": steps, "8x8": steps // 2, "16x16": steps // 2}
@@ -97,7 +97,8 @@ def test_row_error_raises_under_smoke_and_is_recorded_otherwise(suite, tmp_path,
         raise RuntimeError("planted failure")
 
     monkeypatch.setitem(suite.inference.ROWS, "hires_fix", (boom, "planted"))
-    argv = ["--smoke", "--families", "sd15", "--sections", "inference", "--out", str(tmp_path)]
+    argv = ["--smoke", "--families", "sd15", "--sections", "inference", "--rows", "direct,hires_fix,tf_cascade",
+            "--out", str(tmp_path)]
     with pytest.raises(RuntimeError, match="planted failure"):
         _main(suite, argv)
     res = _main(suite, argv + ["--keep-going"])
@@ -108,8 +109,8 @@ def test_row_error_raises_under_smoke_and_is_recorded_otherwise(suite, tmp_path,
 
 
 def test_budget_guard_drops_rows_and_says_so(suite, tmp_path):
-    res = _main(suite, ["--smoke", "--families", "sd15", "--sections", "inference", "--budget-minutes", "0.01",
-                        "--out", str(tmp_path)])
+    res = _main(suite, ["--smoke", "--families", "sd15", "--sections", "inference", "--rows", "direct,tf_cascade",
+                        "--budget-minutes", "0.01", "--out", str(tmp_path)])
     items = {i["key"]: i for i in res["budget"]["items"]}
     assert items and all(i["status"] in ("dropped", "skipped") for i in items.values())
     assert all(r["status"] in ("dropped", "skipped") and "wall_s" not in r for r in res["inference"]["sd15"])

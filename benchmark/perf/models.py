@@ -24,6 +24,8 @@ SDXL_UNET = dict(_COMMON, image_size=128, model_channels=320, num_res_blocks=[2,
                  transformer_depth=[0, 0, 2, 2, 10, 10], transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10],
                  transformer_depth_middle=10, context_dim=2048, use_linear_in_transformer=True,
                  adm_in_channels=2816, num_classes="sequential")
+#: short dtype names of the command lines
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _TINY_HEADS = dict(num_heads=-1, num_head_channels=8)
 
 #: name -> ComfyUI config class, UNet config, base size (px), text context width, pooled width, head override.
@@ -39,7 +41,7 @@ SPECS = {
 def build_model(spec: dict, device: str, seed: int = 0, dtype=None):
     """A real ComfyUI BaseModel/ModelPatcher of ``spec`` with seeded random weights (no downloads).
 
-    ``dtype``: the weights' dtype (default bf16 on CUDA -- random weights overflow less than in fp16 --
+    ``dtype``: the weights' dtype, a torch dtype or a name of ``DTYPES`` (default bf16 on CUDA -- random weights overflow less than in fp16 --
     and fp32 on the CPU).
     """
     import comfy.model_management
@@ -52,7 +54,7 @@ def build_model(spec: dict, device: str, seed: int = 0, dtype=None):
     if dtype is None:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        dtype = getattr(torch, DTYPES.get(dtype, dtype))
     config.set_inference_dtype(dtype, None)
     dev = torch.device(device)
     model = config.get_model({}, device=dev)

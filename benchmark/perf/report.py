@@ -96,14 +96,17 @@ def table(res: dict) -> str:
                        f"{_f(r.get('pivot_share'))} | {_f(r.get('upsampler_share'))} | {_f(r.get('peak_mib'), '.0f')} | "
                        f"{_f(r.get('mem_ratio'))} | {_status(r)} |")
     out += ["", "## 3. Training step (batch 1, bf16 autocast, AdamW)", "",
+            "Peak: CUDA memory from before the row's model was built (resident before: what other rows left "
+            "allocated, ~0 when rows release everything).", "",
             "| model | latent side | method | trainable params | checkpointing | s/step | full FT s / this s | "
-            "peak MiB | full FT peak / this peak | status |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "peak MiB | full FT peak / this peak | resident before MiB | status |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["training"]:
         name = f"lora r{r['rank']}" if r["method"] == "lora" else r["method"]
         out.append(f"| {r['family']} | {r['side']} | {name} | {r.get('trainable', '')} | "
                    f"{'on' if r['checkpointing'] else 'off'} | {_f(r.get('s_per_step'), '.4f')} | "
                    f"{_f(r.get('speedup_vs_full'), '.2f')} | {_f(r.get('peak_mib'), '.0f')} | "
-                   f"{_f(r.get('memory_vs_full'), '.2f')} | {_status(r)} |")
+                   f"{_f(r.get('memory_vs_full'), '.2f')} | {_f(r.get('resident_mib'), '.0f')} | {_status(r)} |")
     if res["errors"]:
         out += ["", "## Errors (rows that failed; the suite went on)", ""]
         out += [f"- {e['key']}: {e['error']}" for e in res["errors"]]

@@ -96,7 +96,7 @@ def _measure(spec: dict, method: str, side: int, checkpointing: bool, steps: int
         raise ValueError(f"precision {precision!r}: bf16 or fp32")
     bf16 = precision == "bf16"
     model = build_model(spec, device.kind, dtype=torch.bfloat16 if bf16 and method != "full" else torch.float32)
-    base = model.model
+    base = model.model.to(dev)  # the weights are built there; this moves model_sampling's buffers too
     unet = base.diffusion_model
     unet.requires_grad_(method == "full")
     opts: dict = {}
