@@ -11,8 +11,10 @@ the same number).
 
 Life cycle: :func:`apply_upsamplers` builds an :class:`UpsamplerInjection` and ``install`` returns a
 clone of the model carrying it as its one DIFFUSION_MODEL wrapper under PACK_KEY (installing again
-replaces it). The clone owns the wrapper; nothing else is touched, so removing the clone removes the
-patch. Training keeps the injection and assigns a new ``pivot`` per batch.
+replaces it); ``apply_upsamplers`` also attaches a private copy of the set as the clone's additional
+model under PACK_KEY, which ComfyUI loads and offloads with it (``nodes/managed.py``). Nothing else is
+touched, so removing the clone removes the patch. Training keeps the injection and assigns a new
+``pivot`` per batch.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from ..upsampler.fileformat import IncompatibleUpsamplersError, check_compatible
 from ..upsampler.modules import UpsamplerSet
 from ..upsampler.taps import Tap, derive_taps, emb_dim, is_unet
 from .common import DEFAULT_END_TIMESTEP, PACK_KEY, SelfCascadeError
+from .managed import ensure_loaded, managed_copy
 from .timesteps import model_sampling_of, model_timestep
 
 logger = logging.getLogger(__name__)
@@ -118,8 +121,12 @@ class UpsamplerInjection:
 
     ``pivot`` is the clean latent as stored in a LATENT dict; assign a new one at any time (e.g.
     per training batch) and it is scaled once with ``process_latent_in`` on next use. Gradients
-    flow into the upsamplers (only the frozen pivot pass runs under no_grad). ``dtype`` None:
-    the upsamplers compute in the dtype of the model's input x.
+    flow into the upsamplers (only the frozen pivot pass runs under no_grad).
+
+    Two ways to hold the set. ``managed`` (set by :func:`apply_upsamplers`): a ModelPatcher over a
+    private copy that ComfyUI loads and offloads with the model (``nodes/managed.py``); the copy
+    computes in its own dtype. Otherwise (training) the caller owns ``upsamplers`` and the wrapper
+    moves it to x's device and ``dtype`` (None: x's dtype) on use.
     """
 
     def __init__(self, upsamplers: UpsamplerSet, pivot: torch.Tensor, strength: float = 1.0,
@@ -128,6 +135,7 @@ class UpsamplerInjection:
         self.strength = float(strength)
         self.end_timestep = float(end_timestep)
         self.dtype = dtype
+        self.managed = None
         self._latent_in = None
         self._model_sampling = None
         self.pivot = pivot
@@ -166,6 +174,12 @@ class UpsamplerInjection:
         out.add_wrapper_with_key(kind, PACK_KEY, self)
         return out
 
+    def use_managed(self, patcher) -> None:
+        """Compute with the managed copy in ``patcher`` (its module and dtype) instead of ``upsamplers``."""
+        self.managed = patcher
+        self.upsamplers = patcher.model
+        self.dtype = next(patcher.model.parameters()).dtype
+
     def _pivot_for(self, x: torch.Tensor, n_chunks: int) -> torch.Tensor:
         """The scaled pivot at half x's size (ceil), on x's device/dtype, batched like x."""
         if self._scaled is None:
@@ -187,9 +201,12 @@ class UpsamplerInjection:
         uset = self.upsamplers
         taps = uset.taps
         dtype = self.dtype or x.dtype
-        ref = next(uset.parameters())
-        if ref.device != x.device or ref.dtype != dtype:
-            uset.to(device=x.device, dtype=dtype)
+        if self.managed is not None:
+            ensure_loaded(self.managed, x.device)  # ComfyUI's sampler has loaded it with the model
+        else:
+            ref = next(uset.parameters())
+            if ref.device != x.device or ref.dtype != dtype:
+                uset.to(device=x.device, dtype=dtype)
         n_chunks = len(transformer_options.get("cond_or_uncond", [None])) or 1
         with torch.no_grad():
             emb = model_emb(unet, x, timesteps, y, transformer_options)
@@ -223,8 +240,17 @@ class UpsamplerInjection:
 
 def apply_upsamplers(model, upsamplers: UpsamplerSet, pivot: torch.Tensor, strength: float = 1.0,
                      end_timestep: float = DEFAULT_END_TIMESTEP):
-    """A clone of ``model`` with the tuned Self-Cascade patch (NODES.md contract). Never mutates ``model``."""
+    """A clone of ``model`` with the tuned Self-Cascade patch (NODES.md contract). Never mutates ``model``
+    nor ``upsamplers``: a private copy of the set is attached to the clone as an additional model, so
+    ComfyUI's model management loads and offloads it with the model (``nodes/managed.py``)."""
     if not isinstance(upsamplers, UpsamplerSet):
         raise SelfCascadeError(f"'upsamplers' is a {type(upsamplers).__name__}, not a Self-Cascade upsampler "
                                "set; connect SelfCascadeUpsamplerLoader (or the training node).")
-    return UpsamplerInjection(upsamplers, pivot, strength, end_timestep).install(model)
+    injection = UpsamplerInjection(upsamplers, pivot, strength, end_timestep)
+    out = injection.install(model)
+    out.remove_additional_models(PACK_KEY)
+    if injection.strength != 0.0:  # strength 0: the wrapper never calls the set, so nothing to load
+        managed = managed_copy(upsamplers, model)
+        injection.use_managed(managed)
+        out.set_additional_models(PACK_KEY, [managed])
+    return out

@@ -84,8 +84,6 @@ def _sd15_upsamplers_workflow_without_a_file(ckpt: str) -> dict:
         if node["class_type"] == "SelfCascadeStage":
             assert inputs["upsamplers"] == [loader, 0]
             inputs["strength"] = [loader, 1]
-        if node["class_type"] == "VAEDecodeTiled":
-            inputs.update(tile_size=64, overlap=16)
     return prompt
 
 
