@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-def _run(code: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def _run(code: str, env: dict | None = None, cwd: Path = REPO / "scripts") -> subprocess.CompletedProcess:
+    """``python -c code`` in ``cwd`` (scripts/: ``-c`` puts the working folder first on the path, as running a
+    script from scripts/ does)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH", "PYTHONPATH")}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(cwd),
@@ -32,11 +34,11 @@ def test_start_finds_comfyui_in_custom_nodes_and_keeps_its_nodes_module(tmp_path
     for part in ("__init__.py", "scripts", "nodes", "upsampler"):
         copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy2
         copy(REPO / part, pack_copy / part)
-    code = ("import sys; sys.path.insert(0, 'scripts'); from comfy_startup import start; "
+    code = ("import sys; from comfy_startup import start; "
             "pack = start(cpu=True); import nodes, self_cascade.nodes.cascade as c; "
             "print(nodes.__file__); print(pack.__name__, c.StageSettings().K)")
     env = {"PYTHONPATH": os.pathsep.join(hostenv.extra_pythonpath()[1:])}  # the torchvision stub, if needed
-    proc = _run(code, env, cwd=fake / "custom_nodes" / "self_cascade")
+    proc = _run(code, env, cwd=pack_copy / "scripts")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     assert Path(lines[-2]).resolve() == (comfy_root / "nodes.py").resolve()
@@ -44,16 +46,16 @@ def test_start_finds_comfyui_in_custom_nodes_and_keeps_its_nodes_module(tmp_path
 
 
 def test_start_without_comfyui_says_what_to_set(tmp_path):
-    proc = _run("import sys; sys.path.insert(0, 'scripts'); from comfy_startup import start; start()")
+    proc = _run("import sys; from comfy_startup import start; start()")
     assert proc.returncode != 0
     assert "COMFYUI_PATH" in proc.stderr and "--comfyui" in proc.stderr
-    proc = _run("import sys; sys.path.insert(0, 'scripts'); from comfy_startup import start; start()",
+    proc = _run("import sys; from comfy_startup import start; start()",
                 {"COMFYUI_PATH": str(tmp_path)})
     assert proc.returncode != 0 and f"COMFYUI_PATH={tmp_path} is not a ComfyUI folder" in proc.stderr
 
 
 def test_pure_torch_start_loads_no_comfyui():
-    proc = _run("import sys; sys.path.insert(0, 'scripts'); from comfy_startup import start; start(comfyui=False); "
+    proc = _run("import sys; from comfy_startup import start; start(comfyui=False); "
                 "from self_cascade.upsampler import fileformat; "
                 "assert not [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api')]; print('ok')")
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
