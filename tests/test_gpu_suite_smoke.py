@@ -56,6 +56,8 @@ def test_smoke_runs_every_row(suite, tmp_path):
         assert rows["hires_fix"]["calls_by_side"] == {"4x4": steps, "8x8": steps // 2, "16x16": steps // 2}
         for name in ("tf_cascade", "t_official", "t_light"):
             assert rows[name]["calls_by_side"] == {"4x4": steps, "8x8": executed, "16x16": executed}
+        for r in rows.values():  # cond and uncond in one batch: two batch rows per call
+            assert r["samples_by_side"] == {k: 2 * n for k, n in r["calls_by_side"].items()}
         # the ideal ratio is the executed calls weighted by the FLOP count per call at each size
         flops = fi["flops"]
         want = (steps * flops["4x4"] + executed * (flops["8x8"] + flops["16x16"])) / (steps * flops["16x16"])

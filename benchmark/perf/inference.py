@@ -152,6 +152,7 @@ def run_row(b: Bench, name: str, meter: UnetMeter, device: Device) -> dict:
     wall = device.timer() - t0
     return dict(name=name, wall_s=wall, calls=meter.calls, unet_s=meter.seconds,
                 calls_by_side={f"{h}x{w}": n for (h, w), n in sorted(meter.by_side.items())},
+                samples_by_side={f"{h}x{w}": n for (h, w), n in sorted(meter.samples_by_side.items())},
                 shape=list(out.shape), finite=bool(torch.isfinite(out).all()), peak_mib=device.peak_mib())
 
 
@@ -167,8 +168,9 @@ def summarise(results: list[dict], ref: str = "direct") -> None:
 
 
 def ideal_ratio(row_calls: dict, ref_calls: dict, cost_per_call: dict) -> float:
-    """The limit of a row's time ratio from its executed UNet calls alone: sum(calls x cost per call) over
-    the sizes, relative to the reference's. ``cost_per_call``: 'HxW' -> FLOPs or measured seconds."""
+    """The limit of a row's time ratio from its executed UNet work alone: sum(count x cost) over the sizes,
+    relative to the reference's. ``cost_per_call``: 'HxW' -> FLOPs or measured seconds (per call, or per
+    batch row when the counts are batch rows)."""
     def total(calls):
         return sum(n * cost_per_call[side] for side, n in calls.items())
     return total(row_calls) / total(ref_calls)

@@ -152,13 +152,15 @@ class UnetMeter:
     def __init__(self, unet, device: Device, timed: bool = True):
         self.device, self.timed = device, timed
         self.calls, self.seconds, self._t0 = 0, 0.0, 0.0
-        self.by_side: Counter = Counter()
+        self.by_side: Counter = Counter()  # calls per latent side
+        self.samples_by_side: Counter = Counter()  # batch rows per latent side (cond and uncond may be split)
         self._hooks = [unet.register_forward_pre_hook(self._pre), unet.register_forward_hook(self._post)]
 
     def _pre(self, module, args):
         if self.timed:  # a device sync per call: off for CUDA rows (it would stall the launch queue)
             self._t0 = self.device.timer()
         self.by_side[tuple(args[0].shape[-2:])] += 1
+        self.samples_by_side[tuple(args[0].shape[-2:])] += int(args[0].shape[0])
 
     def _post(self, *_):
         if self.timed:
@@ -167,7 +169,7 @@ class UnetMeter:
 
     def reset(self) -> None:
         self.calls, self.seconds = 0, 0.0
-        self.by_side = Counter()
+        self.by_side, self.samples_by_side = Counter(), Counter()
 
     def close(self) -> None:
         for h in self._hooks:

@@ -187,10 +187,14 @@ def run_inference(suite: Suite, fam: str, fi: dict, b: inference.Bench) -> None:
         meter.close()
     inference.summarise([r for r in rows if r["status"] == "done"])
     ref = next((r for r in rows if r["name"] == "direct" and r["status"] == "done"), None)
+    # per batch row (the costs were taken at batch 2, cond + uncond): exact for FLOPs even if the sampler
+    # split cond and uncond into separate calls
+    flops = {k: v / 2 for k, v in fi["flops"].items()}
+    secs = {k: v / 2 for k, v in fi["seconds_per_call"].items()}
     for r in rows:
         if ref and r["status"] == "done" and r["name"] != "deep_shrink":  # its steps are not plain steps
-            r["ideal_flops"] = inference.ideal_ratio(r["calls_by_side"], ref["calls_by_side"], fi["flops"])
-            r["ideal_time"] = inference.ideal_ratio(r["calls_by_side"], ref["calls_by_side"], fi["seconds_per_call"])
+            r["ideal_flops"] = inference.ideal_ratio(r["samples_by_side"], ref["samples_by_side"], flops)
+            r["ideal_time"] = inference.ideal_ratio(r["samples_by_side"], ref["samples_by_side"], secs)
     suite.write()
 
 
