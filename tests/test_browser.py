@@ -1,7 +1,9 @@
 """A real headless Chromium loads ComfyUI's real frontend (comfyui-frontend-package, served by
 the live server with the pack installed), opens each shipped UI workflow with the frontend's own
 ``app.loadGraphData`` and finds no missing-node warning; the frontend's own ``graphToPrompt``
-of the loaded graph equals the API twin (so widget order is what the frontend expects).
+of the loaded graph equals the API twin (so widget order is what the frontend expects); its
+missing-models check reports the workflow's download entries (``properties.models``), none of
+which the test server has. The node-info panel's store renders a pack help page.
 
 Driven over the Chrome DevTools Protocol with aiohttp (already in the host venv). Skipped, with
 the reason, when Chromium is not installed (``.ci/run`` installs Debian's ``chromium``).
@@ -33,9 +35,12 @@ READY_JS = ("!!(window.app && typeof window.app.loadGraphData === 'function' && 
 
 HOOK_JS = """(() => {
   window.__missing = [];
+  window.__models = [];
   if (!window.app.__scHooked) {
     const orig = window.app.showMissingNodesError.bind(window.app);
     window.app.showMissingNodesError = (types, ...rest) => { window.__missing.push(types); return orig(types, ...rest); };
+    const origModels = window.app.showMissingModelsError.bind(window.app);
+    window.app.showMissingModelsError = (models, ...rest) => { window.__models.push(...models); return origModels(models, ...rest); };
     window.app.__scHooked = true;
   }
   return true;
@@ -43,15 +48,18 @@ HOOK_JS = """(() => {
 
 LOAD_JS = """(async () => {
   window.__missing = [];
+  window.__models = [];
   await window.app.loadGraphData(%s, true, true, %s);
   await new Promise(r => setTimeout(r, 300));
   const nodes = window.app.graph.nodes || window.app.graph._nodes;
   const unknown = nodes.filter(n => n.type !== 'Note' && !window.LiteGraph.registered_node_types[n.type]).map(n => n.type);
   const errored = nodes.filter(n => n.has_errors).map(n => n.type);
   const text = document.body.innerText;
-  const warning = ['unsupported nodes', 'were not found', 'Missing Node'].filter(s => text.includes(s));
+  // the missing-NODES warnings (the missing-models dialog, expected here, says 'models were not found')
+  const warning = ['unsupported nodes', 'node types were not found', 'Missing Node'].filter(s => text.includes(s));
   const p = await window.app.graphToPrompt();
-  return JSON.stringify({missing: window.__missing, unknown, errored, warning, count: nodes.length, output: p.output});
+  const models = window.__models.map(m => ({name: m.name, url: m.url, directory: m.directory, invalid: !!m.directory_invalid}));
+  return JSON.stringify({missing: window.__missing, models, unknown, errored, warning, count: nodes.length, output: p.output});
 })()"""
 
 
@@ -146,6 +154,10 @@ def test_frontend_opens_every_workflow_without_missing_nodes(comfy_server, brows
         api = json.loads((WF / "api" / f"{name}.json").read_text())
         assert r["output"] == api, f"{name}: the frontend's graphToPrompt differs from the API twin:\n" \
                                    f"{json.dumps(r['output'], sort_keys=True)[:3000]}"
+        entries = [m for n in ui["nodes"] for m in n["properties"].get("models", [])]
+        want = sorted({(m["name"], m["url"], m["directory"]) for m in entries})
+        assert sorted((m["name"], m["url"], m["directory"]) for m in r["models"]) == want, (name, r["models"])
+        assert not any(m["invalid"] for m in r["models"]), (name, r["models"])
 
 
 def test_missing_node_detection_can_fail(comfy_server, browser):

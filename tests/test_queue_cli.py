@@ -102,3 +102,15 @@ def test_pack_not_installed(server_without_pack):
     proc = run_cli("sd15_cascade_2048", "--server", server_without_pack.url)
     assert proc.returncode == 1
     assert "install the Self-Cascade pack" in proc.stderr and "SelfCascadeStage" in proc.stderr
+
+
+def test_image_override(tmp_path):
+    """--image sets LoadImage's input (the uploaded name; in a dry run the file's name) and is checked first."""
+    img = tmp_path / "photo.png"
+    img.write_bytes(b"\x89PNG\r\n\x1a\n")  # only its existence matters for a dry run
+    p = dry("sd15_image_cascade_2048", "--image", str(img))
+    assert by_title(p, "Input Image")["image"] == "photo.png"
+    proc = run_cli("sd15_image_cascade_2048", "--image", str(tmp_path / "missing.png"), "--dry-run")
+    assert proc.returncode == 1 and "missing.png" in proc.stderr and "no such file" in proc.stderr
+    proc = run_cli("sd15_cascade_2048", "--image", str(img), "--dry-run")
+    assert proc.returncode == 1 and "no node titled 'LoadImage'" in proc.stderr

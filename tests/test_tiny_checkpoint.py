@@ -71,3 +71,23 @@ def test_stock_loader_to_image_through_server(comfy_server, client, tiny_checkpo
     assert "clip missing" not in log, log[-2000:]
     print(f"tiny checkpoint: {tiny_checkpoint_file.stat().st_size / 1e6:.0f} MB; "
           f"first run (load + sample) {first:.1f}s, second run {second:.1f}s")
+
+
+def test_sdxl_checkpoint_shape_is_sdxl_for_the_stock_detector(pack):
+    """The SDXL-shaped layout: ComfyUI's detector reads the UNet keys as SDXL (label embedding over 2816);
+    CLIP-L and CLIP-G are in an SDXL checkpoint's key layout, complete, and the UNet is small."""
+    import comfy.model_detection
+    import comfy.supported_models
+    import tiny_checkpoint
+
+    shapes, fixed = tiny_checkpoint.sdxl_checkpoint_parts()
+    unet = {k: v for k, v in shapes.items() if k.startswith("model.diffusion_model.")}
+    n_unet = sum(int(np.prod(s)) for s in unet.values())
+    assert 100e6 < n_unet < 200e6, n_unet  # 154 M, SDXL's is 2.6 G
+    assert shapes["model.diffusion_model.label_emb.0.0.weight"] == (1280, 2816)
+    cfg = comfy.model_detection.model_config_from_unet({k: _Shape(v) for k, v in unet.items()}, "model.diffusion_model.")
+    assert type(cfg) is comfy.supported_models.SDXL, cfg
+    assert "conditioner.embedders.1.model.transformer.resblocks.31.mlp.c_proj.weight" in shapes  # CLIP-G, 32 layers
+    assert "conditioner.embedders.1.model.text_projection" in shapes  # the pooled output SDXL's ADM needs
+    assert "conditioner.embedders.0.transformer.text_model.encoder.layers.11.mlp.fc2.weight" in shapes
+    assert list(fixed) == ["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"]

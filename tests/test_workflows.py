@@ -1,5 +1,8 @@
-"""The shipped workflows: UI and API twins describe the same graph, valid for the live server,
-and every API workflow runs on the real server with a test-built SD1.5-shaped checkpoint."""
+"""The shipped workflows: UI and API twins describe the same graph, valid for the live server;
+the SD1.5 API workflows (text-to-image and image-in) run on the real server with a test-built
+SD1.5-shaped checkpoint, the SDXL one with a test-built SDXL-shaped checkpoint; the Flux/SD3 ones
+pass /prompt validation and run with that checkpoint standing in (wiring only: no Flux/SD3 weights here); download entries
+and flow-model K values are checked."""
 from __future__ import annotations
 
 import json
@@ -16,7 +19,7 @@ sys.path.insert(0, str(REPO / "dev" / "workflows"))  # the generator (graph.py: 
 import graph  # noqa: E402
 
 SHIPPED = ("sd15_cascade_2048", "sd15_cascade_2048_upsamplers", "sdxl_cascade_4096", "train_upsamplers",
-           "composable_pivot_renoise")
+           "composable_pivot_renoise", "sd15_image_cascade_2048", "flux_cascade_2048", "sd3_cascade_2048")
 UPSAMPLER_FILE = "tiny_sd15_upsamplers.safetensors"
 
 
@@ -117,7 +120,7 @@ def test_converter_catches_drift(info):
     assert graph.ui_to_api(_ui("sd15_cascade_2048_upsamplers"), info) != api
 
 
-RUNNABLE = ("sd15_cascade_2048", "sd15_cascade_2048_upsamplers", "composable_pivot_renoise")
+RUNNABLE = ("sd15_cascade_2048", "sd15_cascade_2048_upsamplers", "composable_pivot_renoise", "sd15_image_cascade_2048")
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -126,16 +129,29 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _input_png(path: Path, size: int = 32) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_api_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_checkpoint, upsampler_file, name, tmp_path):
-    """Each API workflow, sizes/steps overridden small (base 32 px, 4 steps), queued with queue_workflow.py."""
+    """Each API workflow, sizes/steps overridden small (base 32 px, 4 steps), queued with queue_workflow.py;
+    the image-in workflow gets a 32 px image through --image (uploaded by the client)."""
     from PIL import Image
 
     has_ups = any(n["class_type"] == "SelfCascadeUpsamplerLoader" for n in _api(name).values())
     extra = ["--upsampler", upsampler_file] if has_ups else []
-    proc = run_cli(name, "--server", comfy_server.url, "--checkpoint", tiny_checkpoint, "--width", "32",
-                   "--height", "32", "--steps", "4", "--seed", "3", "--prompt", "a small test", "--out",
-                   str(tmp_path), "--progress-every", "2", *extra)
+    if any(n["class_type"] == "LoadImage" for n in _api(name).values()):
+        extra += ["--image", str(_input_png(tmp_path / f"in_{name}.png"))]
+    else:
+        extra += ["--width", "32", "--height", "32"]
+    proc = run_cli(name, "--server", comfy_server.url, "--checkpoint", tiny_checkpoint, "--steps", "4", "--seed", "3",
+                   "--prompt", "a small test", "--out", str(tmp_path), "--progress-every", "2", *extra)
     assert proc.returncode == 0, proc.stderr[-3000:] + comfy_server.log()[-3000:]
     saved = [Path(line) for line in proc.stdout.split()]
     assert len(saved) == 1 and saved[0].parent == tmp_path, proc.stdout
@@ -143,6 +159,116 @@ def test_api_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_check
     expected = 128 if name.startswith("sd15") else 64  # 32 -> 64 -> 128 (two stages) or one stage
     assert img.size == (expected, expected)
     assert "queued" in proc.stderr and "override: Positive Prompt.text='a small test'" in proc.stderr
+    if "--image" in extra:
+        assert f"uploaded {tmp_path / f'in_{name}.png'} as input/in_{name}.png" in proc.stderr, proc.stderr
+        assert (comfy_server.base_dir / "input" / f"in_{name}.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(comfy_server, pack):
+    """The SDXL-shaped checkpoint (built once, cached outside the clone) in the server's models/checkpoints/,
+    and a fresh seeded upsampler set for its UNet in models/self_cascade/. Returns (ckpt name, set name)."""
+    import comfy.ops
+    import tiny_checkpoint
+    import torch
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from self_cascade.upsampler import fileformat, modules, taps
+
+    path = tiny_checkpoint.tiny_sdxl_checkpoint(seed=0)
+    folder = comfy_server.base_dir / "models" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / tiny_checkpoint.SDXL_FILENAME
+    if not link.exists():
+        link.symlink_to(path)
+    with torch.device("meta"):  # structure only: the taps and the embedding width
+        unet = UNetModel(**tiny_checkpoint.SDXL_UNET_CONFIG, operations=comfy.ops.disable_weight_init)
+    torch.manual_seed(0)
+    uset = modules.UpsamplerSet.create(taps.derive_taps(unet), taps.emb_dim(unet), "SDXL", "light")
+    ups = comfy_server.base_dir / "models" / "self_cascade" / "tiny_sdxl_upsamplers.safetensors"
+    ups.parent.mkdir(parents=True, exist_ok=True)
+    fileformat.save_upsamplers(str(ups), uset)
+    return link.name, ups.name
+
+
+def test_sdxl_workflow_runs_end_to_end_via_cli(comfy_server, info, tiny_sdxl, tmp_path):
+    """sdxl_cascade_4096 through the client as shipped (two tuned stages): the stock loader detects the
+    tiny checkpoint as SDXL; base 32 px -> 64 -> 128, 2 steps, size conditioning overridden with the base size."""
+    from PIL import Image
+
+    ckpt, ups = tiny_sdxl
+    proc = run_cli("sdxl_cascade_4096", "--server", comfy_server.url, "--checkpoint", ckpt, "--upsampler", ups,
+                   "--width", "32", "--height", "32", "--steps", "2", "--seed", "3", "--prompt", "a small test",
+                   "--out", str(tmp_path), "--progress-every", "5")
+    log = comfy_server.log()
+    assert proc.returncode == 0, proc.stderr[-3000:] + log[-3000:]
+    saved = [Path(line) for line in proc.stdout.split()]
+    assert len(saved) == 1 and Image.open(saved[0]).size == (128, 128)
+    assert "Requested to load SDXL" in log and "clip missing" not in log, log[-3000:]
+    assert "override: Positive Prompt.target_width=32" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["flux_cascade_2048", "sd3_cascade_2048"])
+def test_flow_workflows_pass_validation_and_run_with_a_stand_in_checkpoint(comfy_server, info, tiny_checkpoint, name,
+                                                                           tmp_path):
+    """No Flux/SD3 weights here. The graphs as shipped (FluxGuidance, EmptySD3LatentImage, the flow K, cfg)
+    pass the server's /prompt validation and run end to end through the client with the tiny SD1.5-shaped
+    checkpoint standing in: ComfyUI gives an all-zero latent the model's channel count, and SD1.5 ignores
+    the guidance value. This checks the wiring, not Flux/SD3 behaviour. 32 -> 64 px, 2 steps."""
+    from PIL import Image
+
+    proc = run_cli(name, "--server", comfy_server.url, "--checkpoint", tiny_checkpoint, "--width", "32", "--height",
+                   "32", "--steps", "2", "--seed", "3", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:] + comfy_server.log()[-3000:]
+    saved = [Path(line) for line in proc.stdout.split()]
+    assert len(saved) == 1 and Image.open(saved[0]).size == (64, 64)
+
+
+def test_loader_nodes_carry_download_entries():
+    """properties.models on loader nodes (the frontend's missing-models dialog): name = the node's widget
+    value, a Hugging Face URL ending in that name, the models/ folder the loader reads."""
+    folders = {"CheckpointLoaderSimple": "checkpoints", "SelfCascadeUpsamplerLoader": "self_cascade"}
+    seen = set()
+    for name in SHIPPED:
+        for node in _ui(name)["nodes"]:
+            models = node["properties"].get("models", [])
+            if node["type"] in folders and node["widgets_values"][0] != "sd15_upsamplers.safetensors":
+                assert models, f"{name}: {node['type']} has no download entry"
+            for m in models:
+                assert m["name"] in node["widgets_values"], (name, m)
+                assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith("/resolve/main/" + m["name"])
+                assert m["directory"] == folders[node["type"]], (name, m)
+                seen.add(m["name"])
+    assert {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "upsampler_only.pth"} <= seen, seen
+
+
+def test_flow_workflows_use_the_k_that_matches_sds_snr_at_700(pack):
+    """K for flow models: the pivot is re-noised to the SNR SD has at t=700 (0.090), computed with ComfyUI's
+    own model_sampling classes at each family's default shift (SD3: 3.0, FLUX.1 dev: 1.15)."""
+    import comfy.model_sampling as ms
+    import comfy.supported_models as sm
+
+    class Discrete(ms.ModelSamplingDiscrete, ms.EPS):
+        pass
+
+    class Flow(ms.ModelSamplingDiscreteFlow, ms.CONST):
+        pass
+
+    class Flux(ms.ModelSamplingFlux, ms.CONST):
+        pass
+
+    sd = Discrete(sm.SD15({}))
+    target = 1.0 / float(sd.percent_to_sigma(1 - 0.7)) ** 2
+    assert abs(target - 0.090) < 0.001
+    sd3, flux = Flow(sm.SD3({})), Flux(sm.Flux({}))
+    assert float(sd3.shift) == 3.0 and abs(float(flux.shift) - 1.15) < 1e-6
+    for name, sampling in (("sd3_cascade_2048", sd3), ("flux_cascade_2048", flux)):
+        (stage,) = [n for n in _api(name).values() if n["class_type"] == "SelfCascadeStage"]
+        s = float(sampling.percent_to_sigma(1 - stage["inputs"]["K"] / 1000))
+        snr = ((1 - s) / s) ** 2
+        assert abs(snr / target - 1) < 0.01, (name, stage["inputs"]["K"], snr, target)
+        s700 = float(sampling.percent_to_sigma(0.3))
+        assert ((1 - s700) / s700) ** 2 < target / 4, "K=700 would re-noise much harder on a flow model"
+        assert stage["inputs"]["cfg"] == (1.0 if name.startswith("flux") else 4.5)
 
 
 def test_train_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_checkpoint, tmp_path):

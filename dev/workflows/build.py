@@ -25,6 +25,22 @@ from thumbnails import write_thumbnail  # noqa: E402
 
 SD15_CKPT = "v1-5-pruned-emaonly.safetensors"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
+FLUX_CKPT = "flux1-dev-fp8.safetensors"  # checkpoint with CLIP-L, T5 and VAE (ComfyUI's Flux examples)
+SD3_CKPT = "sd3.5_large_fp8_scaled.safetensors"  # checkpoint with its text encoders (ComfyUI's SD3.5 examples)
+OFFICIAL_UPSAMPLERS = "upsampler_only.pth"
+HF = "https://huggingface.co"
+#: Download entries for the frontend's missing-models dialog (``properties.models`` of the loader nodes).
+MODEL_URLS = {
+    SD15_CKPT: (f"{HF}/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/{SD15_CKPT}", "checkpoints"),
+    SDXL_CKPT: (f"{HF}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/{SDXL_CKPT}", "checkpoints"),
+    FLUX_CKPT: (f"{HF}/Comfy-Org/flux1-dev/resolve/main/{FLUX_CKPT}", "checkpoints"),
+    SD3_CKPT: (f"{HF}/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/{SD3_CKPT}", "checkpoints"),
+    OFFICIAL_UPSAMPLERS: (f"{HF}/NothingSpecialSiri/SelfCascade-SDXL/resolve/main/{OFFICIAL_UPSAMPLERS}", "self_cascade"),
+}
+#: K for flow models: the K whose sigma has the SNR of SD's K=700 (0.090), (1 - s)^2 / s^2 = 0.090,
+#: i.e. sigma 0.769, at each family's default shift (docs/TUNING_FREE.md; checked by the tests).
+K_FLUX = 513.0  # ModelSamplingFlux, shift 1.15 (FLUX.1 dev)
+K_SD3 = 526.0  # ModelSamplingDiscreteFlow, shift 3.0 (SD3 / SD3.5)
 POSITIVE = "a photograph of a lighthouse on a rocky coast at sunset, dramatic clouds, highly detailed, sharp focus"
 NEGATIVE = "blurry, lowres, watermark, text, deformed"
 SEED = 42
@@ -93,13 +109,14 @@ def _base(g: Graph, ckpt: str, size: int, steps: int = 30, cfg: float = 7.5, sdx
     return ck, pos, neg, ks
 
 
-def _stages(g: Graph, ck, pos, neg, latent, sizes: list[int], ups=None, steps: int = 30, cfg: float = 7.5):
+def _stages(g: Graph, ck, pos, neg, latent, sizes: list[int], ups=None, steps: int = 30, cfg: float = 7.5,
+            K: float = 700.0, scheduler: str = "normal", col: float = 3.3):
     prev = latent
     for i, size in enumerate(sizes):
         extra = {"upsamplers": out(ups)} if ups is not None else {}
-        prev = g.add("SelfCascadeStage", f"Stage {i + 1}: {size}px", 3.3 + i * 1.0, 0, model=out(ck, 0),
+        prev = g.add("SelfCascadeStage", f"Stage {i + 1}: {size}px", col + i * 1.0, 0, model=out(ck, 0),
                      positive=out(pos), negative=out(neg), latent=out(prev), scale=2.0, upscale_method="bicubic",
-                     seed=SEED + 1 + i, steps=steps, cfg=cfg, sampler_name="euler", scheduler="normal", K=700.0,
+                     seed=SEED + 1 + i, steps=steps, cfg=cfg, sampler_name="euler", scheduler=scheduler, K=K,
                      strength=1.0, end_timestep=100.0, **extra)
     return prev
 
@@ -130,12 +147,92 @@ def sd15_cascade_2048(upsamplers: bool = False) -> Graph:
 def sdxl_cascade_4096() -> Graph:
     g = Graph("sdxl_cascade_4096")
     ck, pos, neg, ks = _base(g, SDXL_CKPT, 1024, steps=30, cfg=7.0, sdxl=True)
-    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 3.3, 12, upsampler_name="upsampler_only.pth")
+    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 3.3, 12, upsampler_name=OFFICIAL_UPSAMPLERS)
     last = _stages(g, ck, pos, neg, ks, [2048, 4096], ups, cfg=7.0)
     stages = [n for n in g.nodes if n.type == "SelfCascadeStage"] + [ups]
     _finish(g, last, ck, "self_cascade/sdxl_cascade_4096", 5.4, stages)
     g.note(NOTE_CASCADE.format(base="1024", sizes="1024 -> 2048 -> 4096", final="4096"), 0, 24, 700, 330)
     g.note(NOTE_SDXL, 3.3, 17, 700, 230)
+    return g
+
+
+NOTE_IMAGE = """Upscale an EXISTING image with Self-Cascade: Load Image -> VAE Encode -> Stage -> Stage -> tiled decode.
+The loaded image is the first pivot. Each stage doubles each side (4x the pixels): a 512 px image
+becomes 1024 then 2048 px. Start from about the model's native size (SD1.5: 512, SD2.1: 768);
+for a 1024 px image remove one stage. Sides must be multiples of 8 (resize first otherwise).
+Describe the image in the prompt: the stages denoise towards it.
+
+Choosing K for an existing image (K = how far the image is re-noised before the stage redraws it):
+- 500-600: keeps composition, colours and identity; adds detail and sharpness (good for photos).
+- 700 (paper default): right when the image came from this model at its base size.
+- above 750: the model may change content and faces; repeats become possible.
+Lower K also runs fewer steps (the stage runs about K/1000 of 'steps').
+Headless: python workflows/api/queue_workflow.py sd15_image_cascade_2048 --image my.png --prompt "..." """
+
+NOTE_FLOW = """{family}, tuning-free Self-Cascade: {base} -> {final} px in one stage.
+Guidance: {guidance}
+K for flow models: K picks a point of the model's own (shifted) schedule, so K=700 here would
+re-noise much harder than on SD (signal-to-noise ratio {snr700} against SD's 0.090 at t=700).
+K={K:g} gives SD's 0.090 at this model's default shift ({shift}); see docs/TUNING_FREE.md.
+A ModelSampling node with another shift (e.g. ModelSamplingFlux at the high-res size) moves this:
+recompute K, or apply the shift node only to the base sampler.
+Decode is tiled so {final} px fits in memory."""
+
+
+def sd15_image_cascade_2048() -> Graph:
+    g = Graph("sd15_image_cascade_2048")
+    ck = g.add("CheckpointLoaderSimple", "Load Checkpoint", 0, 0, ckpt_name=SD15_CKPT)
+    pos = g.add("CLIPTextEncode", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text=POSITIVE)
+    neg = g.add("CLIPTextEncode", "Negative Prompt", 1, 6, 400, clip=out(ck, 1), text=NEGATIVE)
+    img = g.add("LoadImage", "Input Image", 0, 5, image="example.png")
+    enc = g.add("VAEEncode", "Encode Image", 2.2, 0, pixels=out(img), vae=out(ck, 2))
+    g.group("Your image", [ck, pos, neg, img, enc])
+    last = _stages(g, ck, pos, neg, enc, [1024, 2048], K=600.0)
+    _finish(g, last, ck, "self_cascade/sd15_image_cascade_2048", 5.4,
+            [n for n in g.nodes if n.type == "SelfCascadeStage"])
+    g.note(NOTE_IMAGE, 0, 16, 760, 360)
+    return g
+
+
+def flux_cascade_2048() -> Graph:
+    g = Graph("flux_cascade_2048")
+    ck = g.add("CheckpointLoaderSimple", "Load Checkpoint", 0, 0, ckpt_name=FLUX_CKPT)
+    pos = g.add("CLIPTextEncode", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text=POSITIVE)
+    guid = g.add("FluxGuidance", "Flux Guidance", 1, 6, 400, conditioning=out(pos), guidance=3.5)
+    neg = g.add("CLIPTextEncode", "Negative Prompt", 1, 10, 400, clip=out(ck, 1), text="")
+    lat = g.add("EmptySD3LatentImage", "Base Latent", 0, 5, width=1024, height=1024, batch_size=1)
+    ks = g.add("KSampler", "Base Sampler", 2.2, 0, model=out(ck, 0), positive=out(guid), negative=out(neg),
+               latent_image=out(lat), seed=SEED, steps=20, cfg=1.0, sampler_name="euler", scheduler="simple",
+               denoise=1.0)
+    g.group("Base 1024px", [ck, pos, guid, neg, lat, ks])
+    last = _stages(g, ck, guid, neg, ks, [2048], steps=30, cfg=1.0, K=K_FLUX, scheduler="simple")
+    _finish(g, last, ck, "self_cascade/flux_cascade_2048", 4.4, [n for n in g.nodes if n.type == "SelfCascadeStage"])
+    g.note(NOTE_FLOW.format(family="FLUX.1 dev", base=1024, final=2048, K=K_FLUX, snr700="0.018",
+                            shift="ModelSamplingFlux, shift 1.15",
+                            guidance="cfg 1.0 in KSampler and Stage (FLUX.1 dev is guidance-distilled); the\n"
+                                     "strength of the prompt is FluxGuidance (3.5) on the positive conditioning, "
+                                     "which both use.\nThe negative prompt has no effect at cfg 1."),
+           0, 16, 760, 330)
+    return g
+
+
+def sd3_cascade_2048() -> Graph:
+    g = Graph("sd3_cascade_2048")
+    ck = g.add("CheckpointLoaderSimple", "Load Checkpoint", 0, 0, ckpt_name=SD3_CKPT)
+    pos = g.add("CLIPTextEncode", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text=POSITIVE)
+    neg = g.add("CLIPTextEncode", "Negative Prompt", 1, 6, 400, clip=out(ck, 1), text=NEGATIVE)
+    lat = g.add("EmptySD3LatentImage", "Base Latent", 0, 5, width=1024, height=1024, batch_size=1)
+    ks = g.add("KSampler", "Base Sampler", 2.2, 0, model=out(ck, 0), positive=out(pos), negative=out(neg),
+               latent_image=out(lat), seed=SEED, steps=30, cfg=4.5, sampler_name="euler", scheduler="sgm_uniform",
+               denoise=1.0)
+    g.group("Base 1024px", [ck, pos, neg, lat, ks])
+    last = _stages(g, ck, pos, neg, ks, [2048], steps=40, cfg=4.5, K=K_SD3, scheduler="sgm_uniform")
+    _finish(g, last, ck, "self_cascade/sd3_cascade_2048", 4.4, [n for n in g.nodes if n.type == "SelfCascadeStage"])
+    g.note(NOTE_FLOW.format(family="SD3.5 Large", base=1024, final=2048, K=K_SD3, snr700="0.020",
+                            shift="ModelSamplingDiscreteFlow, shift 3.0",
+                            guidance="SD3 uses real classifier-free guidance: cfg 4.5 in KSampler and Stage\n"
+                                     "(3.5-5.5 is the usual range), with a negative prompt."),
+           0, 16, 760, 330)
     return g
 
 
@@ -177,6 +274,9 @@ TITLES = {
     "sdxl_cascade_4096": "SDXL 1024 -> 2048 -> 4096, official upsamplers",
     "train_upsamplers": "Train Self-Cascade upsamplers from a folder",
     "composable_pivot_renoise": "Composable: Pivot Upsample -> Renoise -> SamplerCustomAdvanced",
+    "sd15_image_cascade_2048": "Upscale an existing image: Load Image -> 1024 -> 2048 (SD1.5)",
+    "flux_cascade_2048": "FLUX.1 dev tuning-free 1024 -> 2048 (cfg 1 + FluxGuidance)",
+    "sd3_cascade_2048": "SD3.5 tuning-free 1024 -> 2048 (flow K)",
 }
 
 GRAPHS = {
@@ -185,7 +285,20 @@ GRAPHS = {
     "sdxl_cascade_4096": sdxl_cascade_4096,
     "train_upsamplers": train_upsamplers,
     "composable_pivot_renoise": composable_pivot_renoise,
+    "sd15_image_cascade_2048": sd15_image_cascade_2048,
+    "flux_cascade_2048": flux_cascade_2048,
+    "sd3_cascade_2048": sd3_cascade_2048,
 }
+
+
+def attach_models(g: Graph) -> Graph:
+    """``properties.models`` on every node whose widget value is a file with a known download URL."""
+    for node in g.nodes:
+        for value in node.values.values():
+            if isinstance(value, str) and value in MODEL_URLS:
+                url, directory = MODEL_URLS[value]
+                node.models.append({"name": value, "url": url, "directory": directory})
+    return g
 
 
 def live_object_info() -> dict:
@@ -207,7 +320,7 @@ def build(info: dict, only: list[str] | None = None) -> list[str]:
     for name, make in GRAPHS.items():
         if only and name not in only:
             continue
-        g = make()
+        g = attach_models(make())
         try:
             api, ui = to_api(g, info), to_ui(g, info)
         except KeyError as e:

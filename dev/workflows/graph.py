@@ -40,6 +40,9 @@ class Node:
     col: float
     row: float
     width: int = 320
+    #: ``properties.models`` of the UI node: [{"name", "url", "directory"}], the files the frontend's
+    #: missing-models dialog offers to download (it lists those whose name is a widget value).
+    models: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -109,9 +112,9 @@ def to_api(graph: Graph, info: dict) -> dict:
     for node in graph.nodes:
         _check_node(info, node)
         inputs = {}
-        for name, spec, optional in input_specs(info, node.type):
+        for name, spec, _optional in input_specs(info, node.type):
             if name not in node.values:
-                if not optional and is_widget(spec) and "default" in (spec[1] if len(spec) > 1 else {}):
+                if is_widget(spec) and "default" in (spec[1] if len(spec) > 1 else {}):  # as the frontend sends it
                     inputs[name] = spec[1]["default"]
                 continue
             v = node.values[name]
@@ -160,7 +163,7 @@ def to_ui(graph: Graph, info: dict, extra_notes_color: str = "#432") -> dict:
         boxes[node.id] = (pos, size)
         ui_nodes.append({"id": node.id, "type": node.type, "pos": pos, "size": size, "flags": {},
                          "order": order[node.id], "mode": 0, "inputs": inputs, "outputs": outputs,
-                         "title": node.title, "properties": {"Node name for S&R": node.type},
+                         "title": node.title, "properties": _properties(node),
                          "widgets_values": widgets})
     for nid, text, col, row, w, h in graph.notes:
         pos, size = [40 + col * COL_W, 60 + row * ROW_H], [w, h]
@@ -180,6 +183,13 @@ def to_ui(graph: Graph, info: dict, extra_notes_color: str = "#432") -> dict:
     return {"last_node_id": max(n["id"] for n in ui_nodes), "last_link_id": len(links),
             "nodes": ui_nodes, "links": [link[:6] for link in links], "groups": groups, "config": {},
             "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def _properties(node: Node) -> dict:
+    props: dict = {"Node name for S&R": node.type}
+    if node.models:
+        props["models"] = [dict(m) for m in node.models]
+    return props
 
 
 def _topo_order(graph: Graph) -> list[int]:

@@ -1,4 +1,4 @@
-"""A small stdlib-only client for a running ComfyUI: /object_info, POST /prompt, /history.
+"""A small stdlib-only client for a running ComfyUI: /object_info, POST /prompt, /history, /upload/image.
 
 Used by ``queue_workflow.py`` (the command-line client) and by the pack's tests.
 """
@@ -126,6 +126,36 @@ class ComfyClient:
             for img in out.get("images", []):
                 found.append({**img, "node": node_id})
         return found
+
+    def upload_image(self, path: str, overwrite: bool = True) -> str:
+        """Upload a local image into the server's input/ (``POST /upload/image``, multipart); returns
+        the name LoadImage takes (``subfolder/name`` when the server put it in a subfolder)."""
+        import mimetypes
+        import os
+
+        with open(path, "rb") as f:
+            data = f.read()
+        boundary = uuid.uuid4().hex
+        name = os.path.basename(path)
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        parts = [
+            (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+             f"Content-Type: {ctype}\r\n\r\n").encode() + data + b"\r\n",
+            (f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\n'
+             f"{'true' if overwrite else 'false'}\r\n").encode(),
+            f"--{boundary}--\r\n".encode(),
+        ]
+        req = urllib.request.Request(self.url + "/upload/image", data=b"".join(parts),
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                answer = json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            raise ComfyError(f"/upload/image {name}: HTTP {e.code}: {e.read()[:300]!r}") from None
+        except urllib.error.URLError as e:
+            raise ComfyError(f"cannot reach ComfyUI at {self.url} ({e.reason}). Is the server running?") from None
+        sub = answer.get("subfolder") or ""
+        return f"{sub}/{answer['name']}" if sub else answer["name"]
 
     def view(self, filename: str, subfolder: str = "", folder_type: str = "output") -> bytes:
         q = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})

@@ -19,6 +19,8 @@ How overrides find their nodes (the shipped workflows follow this; your own grap
 - ``--steps``: every ``steps`` input of a sampling node (KSampler, SelfCascadeStage, SelfCascadeRenoise).
 - ``--upsampler``: ``upsampler_name`` of every ``SelfCascadeUpsamplerLoader`` (a file in
   ComfyUI/models/self_cascade/).
+- ``--image PATH``: a local image, uploaded to the server's input/ (``/upload/image``) and set as
+  ``image`` of every ``LoadImage`` (the image-in workflow ``sd15_image_cascade_2048``).
 - ``--set "TITLE.input=VALUE"``: any input of the node(s) with that title or class_type; VALUE is
   parsed as JSON when it can be (numbers, true/false), else kept as a string.
 
@@ -124,6 +126,11 @@ def apply_overrides(prompt: dict, args: argparse.Namespace) -> list[str]:
     if args.upsampler is not None:
         for n in need("SelfCascadeUpsamplerLoader", "--upsampler"):
             put(n, "upsampler_name", args.upsampler)
+    if args.image is not None:
+        if not Path(args.image).is_file():
+            raise UsageError(f"--image {args.image!r}: no such file")
+        for n in need("LoadImage", "--image"):
+            put(n, "image", getattr(args, "uploaded_image", None) or Path(args.image).name)
     for item in args.set or []:
         target, sep, value = item.partition("=")
         title, dot, key = target.rpartition(".")
@@ -184,6 +191,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     client = ComfyClient(args.server, timeout=60)
     check_against_server(prompt, client.object_info())
+    if args.image is not None:  # upload once the workflow and the server are known to take it
+        args.uploaded_image = client.upload_image(args.image)
+        print(f"uploaded {args.image} as input/{args.uploaded_image}", file=sys.stderr)
+        prompt = load_workflow(path)
+        changes = apply_overrides(prompt, args)
     for c in changes:
         print(f"override: {c}", file=sys.stderr)
     prompt_id = client.queue(prompt)
@@ -219,6 +231,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--height", type=int, help="base height (stage 0)")
     ap.add_argument("--steps", type=int, help="steps of every sampler and stage")
     ap.add_argument("--upsampler", help="upsampler file name in ComfyUI/models/self_cascade/")
+    ap.add_argument("--image", help="local image for the workflow's LoadImage (uploaded to the server's input/)")
     ap.add_argument("--set", action="append", metavar="TITLE.input=VALUE", help="any other input (repeatable)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the result")
     ap.add_argument("--progress-every", type=float, default=5.0, help="seconds between progress lines")
