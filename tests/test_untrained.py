@@ -69,7 +69,8 @@ def test_marked_experimental(pack):
 
 def _sd15_upsamplers_workflow_without_a_file(ckpt: str) -> dict:
     """The shipped SD1.5 upsampler workflow (API twin) with its Upsampler Loader swapped for the untrained node
-    and its strength linked to the node's recommendation; made tiny (32x48 px base, few steps)."""
+    and its strength linked to the node's recommendation; made tiny (32x48 px base, few steps). The final
+    latent is saved instead of decoded (the decode path of this workflow is run by tests/test_workflows.py)."""
     prompt = json.loads((REPO / "workflows" / "api" / "sd15_cascade_2048_upsamplers.json").read_text())
     (loader,) = [k for k, v in prompt.items() if v["class_type"] == "SelfCascadeUpsamplerLoader"]
     (ckpt_node,) = [k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple"]
@@ -84,14 +85,19 @@ def _sd15_upsamplers_workflow_without_a_file(ckpt: str) -> dict:
         if node["class_type"] == "SelfCascadeStage":
             assert inputs["upsamplers"] == [loader, 0]
             inputs["strength"] = [loader, 1]
+    (decode,) = [k for k, v in prompt.items() if v["class_type"] == "VAEDecodeTiled"]
+    (save,) = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
+    last_stage = prompt[decode]["inputs"]["samples"]
+    del prompt[decode]
+    prompt[save] = {"class_type": "SaveLatent", "inputs": {"samples": last_stage, "filename_prefix": "untrained"}}
     return prompt
 
 
 def test_sd15_upsamplers_workflow_runs_without_a_trained_file(comfy_server, client, tiny_checkpoint):
-    entry = client.run(_sd15_upsamplers_workflow_without_a_file(tiny_checkpoint), timeout=300)
-    (save,) = [k for k, v in entry["outputs"].items() if "images" in v]
-    img = entry["outputs"][save]["images"][0]
-    from PIL import Image
+    import safetensors.torch
 
-    with Image.open(comfy_server.base_dir / "output" / img["subfolder"] / img["filename"]) as im:
-        assert im.size == (128, 192)
+    entry = client.run(_sd15_upsamplers_workflow_without_a_file(tiny_checkpoint), timeout=300)
+    (files,) = [v["latents"] for v in entry["outputs"].values() if "latents" in v]
+    path = comfy_server.base_dir / "output" / files[0]["subfolder"] / files[0]["filename"]
+    t = safetensors.torch.load_file(str(path))["latent_tensor"]
+    assert tuple(t.shape) == (1, 4, 24, 16) and torch.isfinite(t).all() and t.std() > 0.01
