@@ -114,7 +114,8 @@ class SelfCascadeUpscale(io.ComfyNode):
                 io.Combo.Input("upscale_method", options=list(UPSCALE_METHODS), default="bicubic",
                                tooltip="Pivot upsampling: bicubic (official code), bilinear (paper), nearest-exact, area."),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                             tooltip="Noise seed of the first stage; stage i uses seed + i. " + SEED_TOOLTIP),
+                             tooltip="Noise seed of the first stage; stage k (0, 1, ...) uses seed + k. Within a "
+                                     "stage: " + SEED_TOOLTIP),
                 io.Int.Input("steps", default=50, min=1, max=STEPS_MAX, tooltip=STEPS_TOOLTIP + " Same for every stage."),
                 io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
                                tooltip="Classifier-free guidance scale (as in KSampler)."),
