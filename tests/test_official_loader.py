@@ -115,7 +115,10 @@ def test_official_pth_listed_converted_once_cached_and_checked_against_models(mo
         SelfCascadeApplyUpsamplers.execute(sd15, uset, pivot, 1.0, 100.0)
     sdxl = sdxl_shaped_on_meta()
     patched = SelfCascadeApplyUpsamplers.execute(sdxl, uset, pivot, 1.0, 100.0).result[0]
-    assert patched is not sdxl and patched.wrappers["diffusion_model"]["self_cascade"][0].upsamplers is uset
+    assert patched is not sdxl
+    injected = patched.wrappers["diffusion_model"]["self_cascade"][0].upsamplers  # the set (or a copy of it)
+    k = "ups.3.blocks.1.out_layers.3.bias"
+    assert torch.equal(injected.state_dict()[k].float().cpu(), uset.state_dict()[k])
     assert "self_cascade" not in sdxl.wrappers.get("diffusion_model", {})
 
 
