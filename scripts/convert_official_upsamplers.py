@@ -12,11 +12,9 @@ Needs only torch and safetensors (no ComfyUI).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
-
+from comfy_startup import start  # this folder: the repository's one start-up helper
 
 TRUST_WARNING = ("WARNING: --trust-pickle: the weights-only load refused this file, so it is unpickled fully. "
                  "Full unpickling can run arbitrary code stored in the file; go on only with a file from a "
@@ -34,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.dst is not None and not args.dst.endswith(".safetensors"):
         ap.error("dst must end with .safetensors")
-    from upsampler import convert, fileformat  # pure torch, importable without ComfyUI
+    start(comfyui=False)  # the pure-torch core only: no ComfyUI needed
+    from self_cascade.upsampler import convert, fileformat
 
     dst = args.dst or convert.cache_path(args.src)
     try:
