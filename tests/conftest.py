@@ -16,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "dev"))
 sys.path.insert(0, str(REPO / "workflows" / "api"))
+sys.path.insert(0, str(REPO / "dev" / "workflows"))  # the workflow generator's graph.py (format conversion)
 
 import hostenv  # noqa: E402
 

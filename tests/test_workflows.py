@@ -10,13 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import graph  # dev/workflows/graph.py, the generator's format conversion (on the path via conftest)
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 WF = REPO / "workflows"
-sys.path.insert(0, str(REPO / "dev" / "workflows"))  # the generator (graph.py: format conversion)
-
-import graph  # noqa: E402
 
 SHIPPED = ("sd15_cascade_2048", "sd15_cascade_2048_upsamplers", "sdxl_cascade_4096", "train_upsamplers",
            "composable_pivot_renoise", "sd15_image_cascade_2048", "flux_cascade_2048", "sd3_cascade_2048")

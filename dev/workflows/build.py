@@ -19,8 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 OUT = REPO / "workflows"  # what users drag into ComfyUI; this generator stays out of it
-sys.path.insert(0, str(HERE))
-from graph import Graph, out, to_api, to_ui  # noqa: E402
+from graph import Graph, out, to_api, to_ui  # noqa: E402  (this folder is sys.path[0] when run as a script)
 from thumbnails import write_thumbnail  # noqa: E402
 
 SD15_CKPT = "v1-5-pruned-emaonly.safetensors"
@@ -302,10 +301,10 @@ def attach_models(g: Graph) -> Graph:
 
 
 def live_object_info() -> dict:
-    sys.path.insert(0, str(REPO / "dev"))
-    sys.path.insert(0, str(OUT / "api"))
-    import hostenv
-    from comfy_client import ComfyClient
+    import hostenv  # the dev host harness (dev/ is on the host venv's path)
+
+    hostenv.start()
+    from self_cascade.workflows.api.comfy_client import ComfyClient
 
     with tempfile.TemporaryDirectory() as tmp:
         server = hostenv.start_server(Path(tmp))

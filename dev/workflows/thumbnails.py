@@ -7,7 +7,6 @@ Called by build.py; ``python dev/workflows/thumbnails.py`` redraws all of them.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -74,8 +73,7 @@ def write_thumbnail(name: str, ui: dict, title: str) -> Path:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
-    from build import TITLES
+    from build import TITLES  # this folder is sys.path[0] when run as a script
 
     for p in sorted(OUT.glob("*.json")):
         print(write_thumbnail(p.stem, json.loads(p.read_text()), TITLES.get(p.stem, p.stem)))
