@@ -3,9 +3,9 @@
 EXPERIMENTAL. A freshly initialised set is exactly a nearest x2 upsample per tap (its last conv is
 zero-initialised, ``upsampler.modules``), so the tuned patch adds ``strength * nearest_up(pivot
 feature)`` to the high-resolution UNet features at each tap (paper Eq. 7-8 with the identity
-upsampler). That is a feature-level reuse of the pivot without any training; its strength comes
-from the miniature benchmark's sweep (``UNTRAINED_STRENGTH``) and is NOT verified on Stable
-Diffusion. Train a real set with the training workflow for the paper's tuned version.
+upsampler). That is a feature-level reuse of the pivot without any training; its recommended
+strength (``UNTRAINED_STRENGTH``) is NOT verified on Stable Diffusion. Train a real set with the
+training workflow for the paper's tuned version.
 """
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ class SelfCascadeUntrainedUpsamplers(io.ComfyNode):
             description="EXPERIMENTAL: upsamplers that need no file. A fresh set for this model's UNet: each one is "
                         "exactly a nearest x2 upsample, so the stage adds the pivot's own UNet features, "
                         "nearest-upsampled, to the high-resolution features. Not the paper's trained upsamplers; "
-                        "its strength comes from a miniature benchmark and is unverified on Stable Diffusion. "
+                        f"the recommended strength ({UNTRAINED_STRENGTH:g}) is not a measured optimum and the "
+                        "whole option is unverified on Stable Diffusion. "
                         "Train a set with the training workflow for the real tuned version.",
             inputs=[io.Model.Input("model", tooltip="The SD1.x/2.x/SDXL-style UNet model the stage uses "
                                                     "(DiT/Flux models: use the tuning-free stage).")],
