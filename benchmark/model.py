@@ -1,13 +1,15 @@
 """The benchmark's base model: ComfyUI's own UNetModel in pixel space, as a real BaseModel/ModelPatcher.
 
-Pixel space is the "latent": 3 channels, scale 1 (images in -1..1, see scenes.to_latent).
+Pixel space is the "latent": 3 channels (images in -1..1, see scenes.to_latent). The latent format's
+``scale_factor`` (LATENT_SCALE = 4) puts the data the sampler sees (after ``process_latent_in``) at
+std about 1, like SD's VAE latents after their 0.18215 factor; with scale 1 (the first miniature)
+the sampler saw std about 0.25 and every K meant 16x less pivot signal than in SD.
 SD1.5's schedule (ComfyUI's default ModelSamplingDiscrete: scaled_linear 0.00085..0.012), v-prediction.
 A pure-conv 3-level UNet (no attention), so the conditioning is ignored by the network; ComfyUI's
 sampler still wants a CONDITIONING, so ``positive()``/``negative()`` give a zero cross-attn tensor.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -15,7 +17,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 #: Prediction target of the base model ("v" or "eps"); train_base.py trains for it.
 PREDICTION = "v"
+#: Latent format scale factor: pixels in -1..1 times this is what the sampler (and training) sees.
+LATENT_SCALE = 4.0
 WEIGHTS = REPO / "benchmark" / "weights" / "base.safetensors"
+#: A small light upsampler set trained for WEIGHTS (evaluate.py --save-upsamplers), for dev/run.
+TOY_UPSAMPLERS = REPO / "benchmark" / "weights" / "toy_upsamplers.safetensors"
 
 UNET_CONFIG = dict(
     image_size=32, in_channels=3, out_channels=3, model_channels=32,
@@ -28,9 +34,7 @@ UNET_CONFIG = dict(
 
 def prepare() -> None:
     """Make ``import comfy`` work in this process (CPU) via the dev host harness."""
-    if str(REPO / "dev") not in sys.path:
-        sys.path.insert(0, str(REPO / "dev"))
-    import hostenv
+    import hostenv  # the dev host harness (dev/ is on the host venv's path)
 
     hostenv.prepare_in_process()
 
@@ -40,10 +44,10 @@ def _classes():
     import comfy.supported_models_base
 
     class PixelLatent(comfy.latent_formats.LatentFormat):
-        """RGB pixels in -1..1 as the latent: 3 channels, scale 1."""
+        """RGB pixels in -1..1 as the latent: 3 channels, scaled by LATENT_SCALE for the sampler."""
 
         latent_channels = 3
-        scale_factor = 1.0
+        scale_factor = LATENT_SCALE
         latent_rgb_factors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
         latent_rgb_factors_bias = [0.0, 0.0, 0.0]
 

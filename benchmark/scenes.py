@@ -94,8 +94,8 @@ def render(sc: Scenes, height: int, width: int, supersample: int = 4, detail: bo
 
     ``phase`` of the stripes: the default (cosine) puts pixel centres at 2x the base size on the
     stripes' crests; with phase 0 they sit on zero crossings there and the band vanishes at 4x
-    pixels. The committed base model was trained with phase 0 (train_base.py keeps it so that the
-    weights stay reproducible); at the base size the two differ only in object-edge pixels.
+    pixels. train_base.py renders with this default phase too (the first miniature used phase 0; at
+    the base size the two differ only in object-edge pixels).
     """
     short = min(height, width)
     ss = supersample

@@ -2,8 +2,9 @@
 
     .host/venv/bin/python benchmark/train_base.py --steps 2500 --out benchmark/weights/base.safetensors
 
-Eps-prediction DDPM objective on ComfyUI's own schedule (model_sampling of the BaseModel, SD1.5
-betas), t uniform over 0..999, AdamW with warm-up + cosine decay, EMA of the weights (the EMA is
+V-prediction (or eps, model.PREDICTION) DDPM objective on ComfyUI's own schedule (model_sampling of
+the BaseModel, SD1.5 betas), on data scaled by the model's latent format (``process_latent_in``:
+x LATENT_SCALE, std about 1 as in SD's latent space), t uniform over 0..999, AdamW with warm-up + cosine decay, EMA of the weights (the EMA is
 what is saved). 3 of 4 steps train on 16x16 scenes, 1 of 4 on 16x24 or 24x16, so that the
 non-square base size is in-distribution. Base size: scenes.BASE_SHORT_SIDE (16 px short side). Checkpoints are written atomically every
 ``--save-every`` steps (a partial run is usable), with a JSON log next to them.
@@ -14,21 +15,21 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
+import hostenv  # the dev host harness (dev/ is on the host venv's path)
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmark import model as bm  # noqa: E402
-from benchmark import scenes  # noqa: E402
+hostenv.start()
+from self_cascade.benchmark import model as bm  # noqa: E402
+from self_cascade.benchmark import scenes  # noqa: E402
 
 
 def make_data(seed: int, n_square: int, n_rect: int, base: int = scenes.BASE_SHORT_SIDE) -> dict:
     """Pre-rendered training sets (model latents in -1..1), keyed by (H, W)."""
     long = base * 3 // 2
-    ph = 0.0  # the stripe phase the committed weights were trained with (see scenes.render)
+    ph = scenes.STRIPE_PHASE  # the same stripe phase as evaluation renders
     data = {(base, base): scenes.to_latent(scenes.render(scenes.sample_scenes(n_square, seed), base, base, phase=ph))}
     data[(base, long)] = scenes.to_latent(
         scenes.render(scenes.sample_scenes(n_rect, seed + 1, aspect=1.5), base, long, phase=ph))
@@ -59,6 +60,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=bm.WEIGHTS)
     ap.add_argument("--data-cache", type=Path, default=None, help="optional .pt cache of the rendered data")
+    ap.add_argument("--init", type=Path, default=None, help="start from these weights (safetensors) instead of "
+                    "the seeded random init")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -66,6 +69,10 @@ def main(argv=None) -> None:
     t0 = time.time()
     model = bm.build_model(args.seed)
     net = model.diffusion_model.train()
+    if args.init is not None:
+        import safetensors.torch
+
+        net.load_state_dict(safetensors.torch.load_file(str(args.init)), strict=True)
     ms = model.model_sampling
     sigmas = ms.sigmas.float()
     if args.data_cache is not None and args.data_cache.exists():
@@ -74,7 +81,9 @@ def main(argv=None) -> None:
         data = make_data(args.seed, args.n_square, args.n_rect)
         if args.data_cache is not None:
             torch.save(data, args.data_cache)
-    print(f"params {bm.param_count(model)}; data rendered in {time.time() - t0:.1f}s", flush=True)
+    data_std = float(torch.cat([model.process_latent_in(v).flatten() for v in data.values()]).std())
+    print(f"params {bm.param_count(model)}; data rendered in {time.time() - t0:.1f}s; "
+          f"data std in the sampler's space {data_std:.3f}", flush=True)
 
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=0.01)
     warm = min(100, args.steps // 10)
@@ -84,14 +93,16 @@ def main(argv=None) -> None:
     g = torch.Generator().manual_seed(args.seed + 1000)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log_path = args.out.with_suffix(".log.json")
-    log = {"seed": args.seed, "args": {k: str(v) for k, v in vars(args).items()}, "loss": []}
+    log = {"seed": args.seed, "args": {k: str(v) for k, v in vars(args).items()}, "prediction": bm.PREDICTION,
+           "latent_scale": bm.LATENT_SCALE, "data_std_sampler_space": round(data_std, 4),
+           "torch": torch.__version__, "threads": args.threads, "loss": []}
     run_loss, t_train = None, time.time()
     for step in range(1, args.steps + 1):
         keys = list(data)
         key = keys[0] if step % 4 else keys[1 + (step // 4) % 2]
         pool = data[key]
         idx = torch.randint(0, pool.shape[0], (args.batch,), generator=g)
-        x0 = pool[idx]
+        x0 = model.process_latent_in(pool[idx])  # the sampler's space (x LATENT_SCALE)
         flip = torch.rand(args.batch, generator=g) < 0.5
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         t = torch.randint(0, len(sigmas), (args.batch,), generator=g)
@@ -115,7 +126,7 @@ def main(argv=None) -> None:
         run_loss = loss.item() if run_loss is None else 0.98 * run_loss + 0.02 * loss.item()
         if step % 10 == 0:
             log["loss"].append([step, round(loss.item(), 5), round(run_loss, 5)])
-        if step % 10 == 0 or step == 1:
+        if step % 50 == 0 or step == 1:
             print(f"step {step} loss {loss.item():.4f} avg {run_loss:.4f} "
                   f"{(time.time() - t_train) / step:.2f}s/step", flush=True)
         if step % args.save_every == 0 or step == args.steps:

@@ -10,7 +10,10 @@
   each budget's step (training itself is untouched); a snapshot is evaluated by copying it back
   into the returned patched model's LoRA parameters.
 
-Every trained row gets the same step budgets, batch size and number of training images.
+Every trained row gets the same step budgets, batch size and number of training images. ComfyUI's
+training loop evaluates every conditioning of a batch on the whole batch (batch x batch forward
+passes), so full fine-tuning and LoRA run batch 1 with ``batch`` gradient-accumulation steps per
+optimiser step: the same samples per step, without that waste.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import time
 
 import torch
 
-from benchmark import model as bm
-from benchmark import scenes
+from . import model as bm
+from . import scenes
 
 T_SCENES_SEED, FT_SCENES_SEED = 777, 779
 
@@ -39,9 +42,9 @@ def ft_latents(n: int, hw: tuple[int, int]) -> torch.Tensor:
 
 def fresh_set(model, variant: str = "light", size: int = 32, seed: int = 0):
     """An untrained set exactly as ``train_upsamplers`` initialises one (zero last conv: nearest x2 features)."""
-    from self_cascade.nodes.patch import check_unet, model_family
-    from self_cascade.upsampler.modules import UpsamplerSet
-    from self_cascade.upsampler.taps import derive_taps, emb_dim
+    from ..nodes.patch import check_unet, model_family
+    from ..upsampler.modules import UpsamplerSet
+    from ..upsampler.taps import derive_taps, emb_dim
 
     unet = check_unet(model)
     with torch.random.fork_rng(devices=[]):
@@ -54,7 +57,7 @@ def fresh_set(model, variant: str = "light", size: int = 32, seed: int = 0):
 def train_t(model, pos, budgets: list[int], *, n_images: int, lr: float, batch: int, variant: str,
             variant_size: int, workdir, save_path=None) -> tuple[dict, dict]:
     """{step: UpsamplerSet} for each budget (one run, resumed), and a training summary."""
-    from self_cascade.nodes.training import TrainConfig, train_upsamplers
+    from ..nodes.training import TrainConfig, train_upsamplers
 
     b = scenes.BASE_SHORT_SIDE
     imgs = t_images(n_images)
@@ -71,7 +74,7 @@ def train_t(model, pos, budgets: list[int], *, n_images: int, lr: float, batch: 
         snaps[steps] = res.upsamplers
         losses = res.losses
     if save_path is not None:
-        from self_cascade.upsampler.fileformat import save_upsamplers
+        from ..upsampler.fileformat import save_upsamplers
 
         save_upsamplers(str(save_path), res.upsamplers)
     info = {"method": "pack train_upsamplers (Algorithm 1, v target, t in (100, 700])", "steps": max(budgets),
@@ -116,8 +119,9 @@ def _comfy_train(mp, latents: torch.Tensor, pos, optimizer, steps: int, batch: i
     import comfy_extras.nodes_train as nt
 
     n = latents.shape[0]
-    sampler = nt.TrainSampler(torch.nn.MSELoss(), optimizer, loss_callback=losses.append, batch_size=batch,
-                              total_steps=steps, seed=seed, training_dtype=torch.float32)
+    # batch 1 x ``batch`` accumulation steps, as ``train_lora`` (see there): one optimiser step per ``batch`` samples
+    sampler = nt.TrainSampler(torch.nn.MSELoss(), optimizer, loss_callback=losses.append, batch_size=1,
+                              grad_acc=batch, total_steps=steps * batch, seed=seed, training_dtype=torch.float32)
     guider = ncs.Guider_Basic(mp)
     guider.set_conds(pos * n)
     noise = ncs.Noise_RandomNoise(seed)
@@ -152,19 +156,21 @@ def load_full_snapshot(mp, state: dict) -> None:
     mp.model.diffusion_model.load_state_dict(state, strict=False)
 
 
-def train_lora(model, pos, budgets: list[int], *, hw: tuple[int, int], n_images: int, lr: float, batch: int,
+def train_lora(weights, pos, budgets: list[int], *, hw: tuple[int, int], n_images: int, lr: float, batch: int,
                rank: int = 8, seed: int = 0) -> tuple[object, dict, dict]:
     """ComfyUI's TrainLoraNode at ``hw``: (patched model, {step: [param tensors]}, summary)."""
     from comfy_extras.nodes_train import TrainLoraNode
 
+    model = bm.load_base_model(weights)  # its own copy: the LoRA wrappers never touch the shared base
     latents = ft_latents(n_images, hw)
     t0 = time.perf_counter()
     with _snapshotting_adamw(budgets) as opt_cls:
         torch.manual_seed(seed)
         out = TrainLoraNode.execute(
-            model=[model], latents=[{"samples": latents}], positive=[pos], batch_size=[batch], steps=[max(budgets)],
-            grad_accumulation_steps=[1], learning_rate=[lr], rank=[rank], optimizer=["AdamW"],
-            loss_function=["MSE"], seed=[seed], training_dtype=["fp32"], lora_dtype=["fp32"], algorithm=["lora"],
+            # one dict per image: with a single LATENT input this ComfyUI version's trainer fails
+            model=[model], latents=[{"samples": x[None]} for x in latents], positive=[pos], batch_size=[1],
+            steps=[max(budgets)], grad_accumulation_steps=[batch], learning_rate=[lr], rank=[rank], optimizer=["AdamW"],
+            loss_function=["MSE"], seed=[seed], training_dtype=["fp32"], lora_dtype=["fp32"], algorithm=["LoRA"],
             gradient_checkpointing=[False], existing_lora=["[None]"])
         snaps = dict(opt_cls.snapshots)
     mp, lora_sd, loss_map, _ = out.result

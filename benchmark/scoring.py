@@ -1,0 +1,50 @@
+"""Score one method's samples on one seed set, and pool the seed sets (95% intervals).
+
+Per seed set: object counts (at the base size), pivot IoU per sample (rows that start from the base
+sample), SWD coarse / fine to real renders, base consistency, detail ratio, wall and CPU seconds.
+Pooled over the sets: composition k/n with a Wilson interval, mean pivot IoU with a bootstrap
+interval, SWD / consistency / detail as the mean over sets plus each set's value.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import metrics as mt
+
+
+def score_set(img: torch.Tensor, *, base_img: torch.Tensor, real: torch.Tensor, real_ref: torch.Tensor,
+              seed: int, uses_base: bool, times: tuple[float, float] | None = None, fidelity: bool = True) -> dict:
+    """Metrics of one seed set's images (IMAGE tensors 0..1)."""
+    base_hw = tuple(base_img.shape[1:3])
+    r = {"counts": mt.count_objects(img, at=base_hw), "n": int(img.shape[0])}
+    if uses_base:
+        r["iou"] = mt.pivot_iou(img, base_img)
+    if fidelity:
+        r.update(mt.fidelity(img, real_ref, seed=seed))
+        r["base_consistency"] = mt.base_consistency(img, base_img, seed=seed)
+        if tuple(img.shape[1:3]) != base_hw:
+            r["detail"] = mt.detail_ratio(img, real, base_hw)
+    if times is not None:
+        r["seconds"], r["cpu_seconds"] = times
+    return r
+
+
+def pool(per_set: list[dict], expected: int = 1) -> dict:
+    """Pool one row's per-set scores."""
+    counts = [c for s in per_set for c in s["counts"]]
+    k, n = sum(c == expected for c in counts), len(counts)
+    out = {"composition": k / n, "composition_ci": mt.wilson(k, n), "n": n,
+           "composition_sets": [float(np.mean([c == expected for c in s["counts"]])) for s in per_set]}
+    if "iou" in per_set[0]:
+        ious = [v for s in per_set for v in s["iou"]]
+        out["pivot_iou"], out["pivot_iou_ci"] = float(np.mean(ious)), mt.bootstrap_mean(ious)
+        out["pivot_iou_sets"] = [float(np.mean(s["iou"])) for s in per_set]
+    for key in ("swd_coarse", "swd_fine", "base_consistency", "detail"):
+        if key in per_set[0]:
+            vals = [s[key] for s in per_set]
+            out[key], out[key + "_sets"] = float(np.mean(vals)), vals
+    if "seconds" in per_set[0]:
+        out["seconds"] = float(sum(s["seconds"] for s in per_set))
+        out["cpu_seconds"] = float(sum(s["cpu_seconds"] for s in per_set))
+    return out
