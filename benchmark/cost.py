@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+try:  # imported as part of the pack (self_cascade.benchmark.cost)
+    from .perf.inference import ROWS, Bench, make_upsamplers, median_run, run_row, summarise
+    from .perf.models import SPECS, Device, UnetMeter, build_model, conditioning
+except ImportError:  # run as a script: benchmark/ is sys.path[0]
+    from perf.inference import ROWS, Bench, make_upsamplers, median_run, run_row, summarise
+    from perf.models import SPECS, Device, UnetMeter, build_model, conditioning
 
-from perf.inference import ROWS, Bench, make_upsamplers, median_run, run_row, summarise  # noqa: E402
-from perf.models import SPECS, Device, UnetMeter, build_model, conditioning  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_ROWS = "direct,tf_cascade,t_official,t_light"
 
@@ -82,14 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def setup_host(device: str, threads: int) -> None:
     """ComfyUI in-process on ``device`` with the pack importable as ``self_cascade``."""
-    sys.path.insert(0, str(REPO / "dev"))
-    import hostenv
+    import hostenv  # the dev host harness (dev/ is on the host venv's path)
 
-    hostenv.prepare_in_process()
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"
-    hostenv.load_pack()
+    hostenv.start(cpu=device == "cpu")
     import torch
 
     if device == "cpu":

@@ -14,13 +14,14 @@ given as a share of a plain step. The paper's figure for the whole tuned cascade
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+try:  # imported as part of the pack (self_cascade.benchmark.cost_upsamplers)
+    from . import cost  # the host set-up
+except ImportError:  # run as a script: benchmark/ is sys.path[0]
+    import cost
 
-import cost  # noqa: E402  (benchmark/cost.py: model specs, seeded real-size UNets, conditioning)
+HERE = Path(__file__).resolve().parent
 
 TARGET_PX = {"tiny": 256, "quick": 64, "sd15": 1024, "sdxl": 2048}
 
@@ -39,8 +40,8 @@ def main(argv=None) -> list[dict]:
     args = p.parse_args(argv)
 
     cost.setup_host(args.device, args.threads)
-    from perf.models import Device
-    from perf.overhead import overhead_rows
+    from self_cascade.benchmark.perf.models import Device
+    from self_cascade.benchmark.perf.overhead import overhead_rows
     from self_cascade.nodes.patch import model_family
     from self_cascade.upsampler.modules import UpsamplerSet
     from self_cascade.upsampler.taps import derive_taps, emb_dim

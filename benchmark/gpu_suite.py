@@ -30,11 +30,14 @@ import argparse
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+try:  # imported as part of the pack (self_cascade.benchmark.gpu_suite)
+    from . import cost  # the host set-up
+    from .perf import inference, report, runner, training
+except ImportError:  # run as a script: benchmark/ is sys.path[0]
+    import cost
+    from perf import inference, report, runner, training
 
-import cost  # noqa: E402  (benchmark/cost.py: the host set-up)
-from perf import inference, report, runner, training  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 REPO = HERE.parent
 OUT_REAL = REPO / "benchmark" / "results" / "gpu"

@@ -37,13 +37,10 @@ METHODS = {"upsamplers": "official", "lora": "lora", "full": "full"}
 
 
 def _spec(preset: str) -> dict:
-    sys.path.insert(0, str(REPO / "dev"))
-    sys.path.insert(0, str(REPO / "benchmark"))
-    import hostenv
+    import hostenv  # the dev host harness (dev/ is on the host venv's path)
 
-    hostenv.prepare_in_process()
-    hostenv.load_pack()
-    from perf.models import SPECS, TINY_UNET
+    hostenv.start()
+    from self_cascade.benchmark.perf.models import SPECS, TINY_UNET
 
     p = PRESETS[preset]
     if p["unet"] is None:
@@ -56,8 +53,8 @@ def worker(method: str, preset: str, steps: int, warmup: int, rank: int, precisi
     import torch
 
     spec = _spec(preset)
-    from perf.models import Device
-    from perf.training import train_row
+    from self_cascade.benchmark.perf.models import Device
+    from self_cascade.benchmark.perf.training import train_row
 
     device = Device("cuda" if torch.cuda.is_available() else "cpu")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # before the model is built
@@ -90,7 +87,7 @@ def main() -> None:
         return
     rank = a.rank
     if not rank:  # match the trainable size of the official upsamplers (meta-device count)
-        from perf.training import matched_lora
+        from self_cascade.benchmark.perf.training import matched_lora
 
         rank = matched_lora(_spec(a.preset))["lora_rank"]
     py = sys.executable

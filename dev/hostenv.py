@@ -65,10 +65,11 @@ def extra_pythonpath() -> list[str]:
     return paths
 
 
-def prepare_in_process() -> Path:
-    """Make ``import comfy...`` work in this process on the CPU. Returns the ComfyUI root."""
+def prepare_in_process(cpu: bool = True) -> Path:
+    """Make ``import comfy...`` work in this process (on the CPU unless ``cpu=False``: then ComfyUI picks
+    the device, e.g. CUDA). Call before anything imports ``comfy.model_management``. Returns the ComfyUI root."""
     paths = extra_pythonpath()
-    return startup.prepare_comfyui(Path(paths[0]), cpu=True, extra_paths=tuple(paths[1:]))
+    return startup.prepare_comfyui(Path(paths[0]), cpu=cpu, extra_paths=tuple(paths[1:]))
 
 
 def load_pack(name: str = PACK_NAME) -> ModuleType:
@@ -76,9 +77,10 @@ def load_pack(name: str = PACK_NAME) -> ModuleType:
     return startup.load_pack(name)
 
 
-def start() -> ModuleType:
-    """ComfyUI in-process on the CPU and the pack as ``self_cascade``: the first call of every dev script."""
-    prepare_in_process()
+def start(cpu: bool = True) -> ModuleType:
+    """ComfyUI in-process (on the CPU unless ``cpu=False``) and the pack as ``self_cascade``: the first call of
+    every dev script."""
+    prepare_in_process(cpu)
     return load_pack()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,11 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _load(name: str, path: Path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, mod)  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    """The benchmark script ``path`` as a module of the pack (``self_cascade.benchmark.<stem>``)."""
+    return importlib.import_module(f"self_cascade.benchmark.{path.stem}")
 
 
 def test_cost_benchmark_quick(pack, capsys, monkeypatch):

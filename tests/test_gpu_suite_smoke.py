@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def suite(pack):
-    spec = importlib.util.spec_from_file_location("sc_gpu_suite", REPO / "benchmark" / "gpu_suite.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
+    yield importlib.import_module("self_cascade.benchmark.gpu_suite")
 
 
 def _main(suite, argv):
