@@ -3,9 +3,11 @@
 - No arguments: the embedded default. The small pixel-space model trained for the benchmark
   (benchmark/model.py, weights in benchmark/weights/; ~1 M parameters, procedural scenes, not
   Stable Diffusion) samples a 16x16 base image, a direct 64x64 image (the same model asked for
-  16x the pixels at once) and the Self-Cascade 16 -> 32 -> 64 (the pack's ``cascade_stage``,
-  K=700), for a few seeds. Writes into ``out/main_job/``: ``comparison.png`` (rows = seeds;
-  columns = base, direct, cascade; enlarged 4x, nearest) and each image separately.
+  16x the pixels at once), the tuning-free Self-Cascade 16 -> 32 -> 64 (the pack's
+  ``cascade_stage``, K=700) and the tuned one with the small upsampler set committed beside the
+  weights (benchmark/weights/toy_upsamplers.safetensors, read by the pack's file loader), for a
+  few seeds. Writes into ``out/main_job/``: ``comparison.png`` (rows = seeds; columns = base,
+  direct, TF, T; enlarged 4x, nearest) and each image separately.
 - ``--checkpoint /path/to/sd15.safetensors``: starts the real ComfyUI server (dev host) with the
   pack, links the checkpoint into its models/checkpoints/, runs shipped workflow 1
   (workflows/api/sd15_cascade_2048.json, 512 -> 1024 -> 2048) headless with queue_workflow.py's
@@ -14,6 +16,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import sys
 import tempfile
@@ -25,28 +29,53 @@ import hostenv  # this folder: the dev host harness
 REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_OUT = REPO / "out" / "main_job"
+log = logging.getLogger("main_job")  # this script's progress; ComfyUI's own INFO chatter stays hidden
 ZOOM = 4
 
 
+@contextlib.contextmanager
+def quiet_startup():
+    """Hide ComfyUI's import-time chatter (device banner, optional-module warnings); shown on failure."""
+    buf = io.StringIO()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            yield
+    except BaseException:
+        sys.stderr.write(buf.getvalue())
+        raise
+    finally:
+        root.setLevel(level)
+
+
 def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
-    """Base vs direct vs cascade on the benchmark's small trained model, in process."""
+    """Base vs direct vs tuning-free cascade vs tuned cascade on the benchmark's small model, in process."""
     import torch
 
-    hostenv.start()
-    import comfy.utils
-    from PIL import Image, ImageDraw
-    from self_cascade.benchmark import model as bm
-    from self_cascade.benchmark import scenes
-    from self_cascade.nodes.cascade import StageSettings, cascade_stage
+    with quiet_startup():
+        hostenv.start()
+        import comfy.utils
+        from PIL import Image, ImageDraw
+        from self_cascade.benchmark import model as bm
+        from self_cascade.benchmark import scenes
+        from self_cascade.nodes.cascade import StageSettings, cascade_stage
+        from self_cascade.upsampler.fileformat import load_upsamplers
 
-    import nodes as comfy_nodes  # ComfyUI's nodes.py (its root is first on the path)
+        import nodes as comfy_nodes  # ComfyUI's nodes.py (its root is first on the path)
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
+    torch.set_num_threads(1)  # many small ops: a second thread mostly spins, and badly on a busy machine
 
-    if not bm.WEIGHTS.is_file():
-        raise SystemExit(f"the embedded default model is missing: {bm.WEIGHTS.relative_to(REPO)} "
-                         "(train it with benchmark/train_base.py)")
-    model = bm.load_base_model()
+    for path, how in ((bm.WEIGHTS, "benchmark/train_base.py"), (bm.TOY_UPSAMPLERS, "benchmark/evaluate.py "
+                                                                "--save-upsamplers")):
+        if not path.is_file():
+            raise SystemExit(f"the embedded default needs {path.relative_to(REPO)} (made by {how})")
+    with quiet_startup():
+        model = bm.load_base_model()
+    # the toy upsampler set, read by the pack's own file loader (as the Upsampler Loader node does)
+    upsamplers = load_upsamplers(str(bm.TOY_UPSAMPLERS))
     pos, neg = bm.positive(), bm.negative()
     base_hw, target_hw = (16, 16), (64, 64)
     stage = StageSettings(scale=2.0, upscale_method="bicubic", steps=steps, cfg=1.0, sampler_name="euler",
@@ -56,17 +85,22 @@ def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
         return comfy_nodes.common_ksampler(model, seed, steps, 1.0, "euler", "normal", pos, neg,
                                            {"samples": latent})[0]["samples"]
 
+    def cascade(base: torch.Tensor, seed: int, ups) -> torch.Tensor:
+        lat = {"samples": base}
+        for _ in range(2):  # 16 -> 32 -> 64; the pixel-space model has no 8 px latent cell, so scale is used
+            lat = cascade_stage(model, pos, neg, lat, stage.replace(seed=seed), ups, disable_pbar=True)
+        return lat["samples"]
+
+    names = ("base", "direct", "cascade", "cascade_tuned")
     out.mkdir(parents=True, exist_ok=True)
     rows, written = [], []
     for seed in seeds:
         t0 = time.perf_counter()
         base = ksample(torch.zeros(1, 3, *base_hw), seed)
-        direct = ksample(torch.zeros(1, 3, *target_hw), seed)
-        lat = {"samples": base}
-        for _ in range(2):  # 16 -> 32 -> 64; the pixel-space model has no 8 px latent cell, so scale is used
-            lat = cascade_stage(model, pos, neg, lat, stage.replace(seed=seed), disable_pbar=True)
+        latents = (base, ksample(torch.zeros(1, 3, *target_hw), seed), cascade(base, seed, None),
+                   cascade(base, seed, upsamplers))
         row = {}
-        for name, latent in (("base", base), ("direct", direct), ("cascade", lat["samples"])):
+        for name, latent in zip(names, latents, strict=True):
             arr = (scenes.from_latent(latent)[0].numpy() * 255).round().astype("uint8")
             img = Image.fromarray(arr)
             path = out / f"{name}_seed{seed}.png"
@@ -74,16 +108,18 @@ def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
             written.append(path)
             row[name] = img
         rows.append(row)
-        logging.info("seed %d: base %s, direct %s, cascade %s in %.1fs", seed, base_hw, target_hw, target_hw,
+        log.info("seed %d: base %s, direct / cascade / tuned cascade %s in %.1fs", seed, base_hw, target_hw,
                      time.perf_counter() - t0)
     cell, pad, head = target_hw[1] * ZOOM, 8, 22
-    sheet = Image.new("RGB", (3 * cell + 4 * pad, len(rows) * (cell + pad) + pad + head), (24, 24, 24))
+    sheet = Image.new("RGB", (len(names) * cell + (len(names) + 1) * pad, len(rows) * (cell + pad) + pad + head),
+                      (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
-    labels = (f"base {base_hw[1]}px (enlarged)", f"direct {target_hw[1]}px", f"Self-Cascade {target_hw[1]}px")
+    labels = (f"base {base_hw[1]}px (enlarged)", f"direct {target_hw[1]}px", f"Self-Cascade TF {target_hw[1]}px",
+              f"Self-Cascade T {target_hw[1]}px")
     for c, label in enumerate(labels):
         draw.text((pad + c * (cell + pad), 6), label, fill=(255, 255, 255))
     for r, row in enumerate(rows):
-        for c, name in enumerate(("base", "direct", "cascade")):
+        for c, name in enumerate(names):
             sheet.paste(row[name].resize((cell, cell), Image.NEAREST), (pad + c * (cell + pad), head + r * (cell + pad)))
     comparison = out / "comparison.png"
     sheet.save(comparison)
@@ -102,7 +138,7 @@ def with_checkpoint(ckpt: Path, out: Path, overrides: list[str]) -> list[Path]:
         (base / "models" / "checkpoints").mkdir(parents=True)
         (base / "models" / "checkpoints" / ckpt.name).symlink_to(ckpt.resolve())
         server = hostenv.start_server(base)
-        logging.info("ComfyUI started at %s (log: %s)", server.url, server.log_path)
+        log.info("ComfyUI started at %s (log: %s)", server.url, server.log_path)
         try:
             args = ["sd15_cascade_2048", "--server", server.url, "--checkpoint", ckpt.name, "--out", str(out),
                     *overrides]
@@ -125,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, help="with --checkpoint: base width (default 512)")
     ap.add_argument("--height", type=int, help="with --checkpoint: base height (default 512)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
     t0 = time.perf_counter()
     if args.checkpoint:
         over = []
