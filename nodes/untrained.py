@@ -25,9 +25,10 @@ __all__ = ["NODES", "UNTRAINED_STRENGTH", "untrained_set"]
 
 #: The variant of the fresh set ("light": a small bottleneck; the output is nearest x2 either way).
 UNTRAINED_VARIANT = "light"
-#: Recommended strength for the untrained set. No measured recommendation was available when this
-#: was written, so it is the neutral 1.0 (the weight a trained set is used at); unverified on SD.
-UNTRAINED_STRENGTH = 1.0
+#: Recommended strength for the untrained set, from the miniature benchmark's strength sweep of a fresh
+#: light set (docs/BENCHMARK.md, "Untrained (fresh) set: strength"): 0.5 was best or tied-best in composition
+#: and pivot IoU at 4x and 16x pixels; 1.0 lost composition at 16x. A toy model: unverified on SD.
+UNTRAINED_STRENGTH = 0.5
 
 
 def untrained_set(model) -> UpsamplerSet:
@@ -52,8 +53,8 @@ class SelfCascadeUntrainedUpsamplers(io.ComfyNode):
             description="EXPERIMENTAL: upsamplers that need no file. A fresh set for this model's UNet: each one is "
                         "exactly a nearest x2 upsample, so the stage adds the pivot's own UNet features, "
                         "nearest-upsampled, to the high-resolution features. Not the paper's trained upsamplers; "
-                        f"the recommended strength ({UNTRAINED_STRENGTH:g}) is not a measured optimum and the "
-                        "whole option is unverified on Stable Diffusion. "
+                        f"the recommended strength ({UNTRAINED_STRENGTH:g}) comes from a miniature benchmark (a toy "
+                        "model) and the whole option is unverified on Stable Diffusion. "
                         "Train a set with the training workflow for the real tuned version.",
             inputs=[io.Model.Input("model", tooltip="The SD1.x/2.x/SDXL-style UNet model the stage uses "
                                                     "(DiT/Flux models: use the tuning-free stage).")],

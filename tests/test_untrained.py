@@ -65,6 +65,10 @@ def test_marked_experimental(pack):
     s = SelfCascadeUntrainedUpsamplers.define_schema()
     assert s.is_experimental and "experimental" in s.display_name and "untrained" in s.display_name
     assert "unverified on Stable Diffusion" in s.description and all(i.tooltip for i in s.inputs)
+    from self_cascade.nodes.untrained import UNTRAINED_STRENGTH
+
+    page = (REPO / "web" / "docs" / "SelfCascadeUntrainedUpsamplers.md").read_text()
+    assert f"output, {UNTRAINED_STRENGTH:g})" in page, "the help page states another recommended strength"
 
 
 def _sd15_upsamplers_workflow_without_a_file(ckpt: str) -> dict:
