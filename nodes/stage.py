@@ -8,26 +8,15 @@ import logging
 
 from comfy_api.latest import io
 
-from ..upsampler.pivot import UPSCALE_METHODS
 from ..upsampler.stages import plan_stages
 from .cascade import StageSettings, cascade_stage
 from .common import (
     CATEGORY,
     DEFAULT_END_TIMESTEP,
-    DEFAULT_K,
-    END_TIMESTEP_MAX,
-    K_MAX,
-    K_MIN,
-    K_TOOLTIP,
     SCALE_MAX,
-    SEED_MAX,
-    SEED_TOOLTIP,
-    STEPS_MAX,
-    STEPS_TOOLTIP,
-    STRENGTH_MAX,
     SelfCascadeError,
-    Upsamplers,
 )
+from .stage_inputs import model_inputs, sampling_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +28,6 @@ class SelfCascadeStage(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        import comfy.samplers
 
         return io.Schema(
             node_id="SelfCascadeStage",
@@ -49,33 +37,14 @@ class SelfCascadeStage(io.ComfyNode):
                         "diffuse it to step K and denoise K -> 0 at the new size with the same model. Chain it "
                         "after a KSampler; twice gives 512 -> 1024 -> 2048. Connect upsamplers for the tuned version.",
             inputs=[
-                io.Model.Input("model", tooltip="The same model as the base stage (any family: eps, v, flow)."),
-                io.Conditioning.Input("positive", tooltip="Positive conditioning (as for the base stage)."),
-                io.Conditioning.Input("negative", tooltip="Negative conditioning (as for the base stage)."),
-                io.Latent.Input("latent", tooltip="The finished latent of the previous stage (KSampler or Stage output)."),
+                *model_inputs("The finished latent of the previous stage (KSampler or Stage output)."),
                 io.Float.Input("scale", default=2.0, min=1.0, max=SCALE_MAX, step=0.01,
                                tooltip="Factor per side (2.0 = 4x the pixels, the paper's stage). "
                                        "Use Self-Cascade Stage Plan for other targets."),
-                io.Combo.Input("upscale_method", options=list(UPSCALE_METHODS), default="bicubic",
-                               tooltip="Pivot upsampling: bicubic (official code), bilinear (paper), nearest-exact, area."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                             tooltip=SEED_TOOLTIP),
-                io.Int.Input("steps", default=50, min=1, max=STEPS_MAX, tooltip=STEPS_TOOLTIP),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale (as in KSampler)."),
-                io.Combo.Input("sampler_name", options=list(comfy.samplers.SAMPLER_NAMES), default="euler",
-                               tooltip="Sampler for the steps from K to 0 (as in KSampler)."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
-                               tooltip="Scheduler of the whole schedule; the stage runs its part from K to 0."),
-                io.Float.Input("K", default=DEFAULT_K, min=K_MIN, max=K_MAX, step=1.0, tooltip=K_TOOLTIP),
-                Upsamplers.Input("upsamplers", optional=True,
-                                 tooltip="Optional trained time-aware feature upsamplers (tuned version, "
-                                         "Self-Cascade Upsampler Loader). Leave empty for the tuning-free stage."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=STRENGTH_MAX, step=0.01, optional=True,
-                               tooltip="Tuned version only: weight of the upsampled pivot features (1 = as trained)."),
-                io.Float.Input("end_timestep", default=DEFAULT_END_TIMESTEP, min=0.0, max=END_TIMESTEP_MAX, step=1.0, optional=True,
-                               tooltip="Tuned version only: upsamplers act while the timestep is above this "
-                                       "(paper: 100); the last steps run the plain model."),
+                *sampling_inputs(
+                    scheduler_tooltip="Scheduler of the whole schedule; the stage runs its part from K to 0.",
+                    upsamplers_tooltip="Optional trained time-aware feature upsamplers (tuned version, "
+                                       "Self-Cascade Upsampler Loader). Leave empty for the tuning-free stage."),
                 io.Int.Input("width", default=0, min=0, max=16384, step=8, optional=True,
                              tooltip="Explicit width of this stage in pixels (multiple of 8); with height set it "
                                      "overrides scale. 0 = use scale. Connect Stage Plan's first_width."),

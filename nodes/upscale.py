@@ -13,27 +13,19 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..upsampler.pivot import UPSCALE_METHODS
 from .cascade import StageSettings, cascade_stage
 from .checks import validate_stage
 from .common import (
     CATEGORY,
     DEFAULT_END_TIMESTEP,
-    DEFAULT_K,
-    END_TIMESTEP_MAX,
-    K_MAX,
-    K_MIN,
-    K_TOOLTIP,
     LATENT_CELL,
     SEED_MAX,
     SEED_TOOLTIP,
-    STEPS_MAX,
     STEPS_TOOLTIP,
-    STRENGTH_MAX,
     SelfCascadeError,
-    Upsamplers,
 )
 from .stage import describe_plan
+from .stage_inputs import model_inputs, sampling_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +83,6 @@ class SelfCascadeUpscale(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        import comfy.samplers
 
         size = dict(min=LATENT_CELL, max=SIZE_MAX, step=LATENT_CELL)
         return io.Schema(
@@ -103,36 +94,18 @@ class SelfCascadeUpscale(io.ComfyNode):
                         "paper's rule) and runs them all. Stage i uses seed + i. Connect upsamplers for the "
                         "tuned version.",
             inputs=[
-                io.Model.Input("model", tooltip="The same model as the base stage (any family: eps, v, flow)."),
-                io.Conditioning.Input("positive", tooltip="Positive conditioning (as for the base stage)."),
-                io.Conditioning.Input("negative", tooltip="Negative conditioning (as for the base stage)."),
-                io.Latent.Input("latent", tooltip="The finished base latent (e.g. a KSampler output)."),
+                *model_inputs("The finished base latent (e.g. a KSampler output)."),
                 io.Int.Input("width", default=2048, tooltip="Final width in pixels (multiple of 8, not smaller "
                                                             "than the latent's width).", **size),
                 io.Int.Input("height", default=2048, tooltip="Final height in pixels (multiple of 8, not smaller "
                                                              "than the latent's height).", **size),
-                io.Combo.Input("upscale_method", options=list(UPSCALE_METHODS), default="bicubic",
-                               tooltip="Pivot upsampling: bicubic (official code), bilinear (paper), nearest-exact, area."),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
-                             tooltip="Noise seed of the first stage; stage k (0, 1, ...) uses seed + k. Within a "
-                                     "stage: " + SEED_TOOLTIP),
-                io.Int.Input("steps", default=50, min=1, max=STEPS_MAX, tooltip=STEPS_TOOLTIP + " Same for every stage."),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                               tooltip="Classifier-free guidance scale (as in KSampler)."),
-                io.Combo.Input("sampler_name", options=list(comfy.samplers.SAMPLER_NAMES), default="euler",
-                               tooltip="Sampler for the steps from K to 0 (as in KSampler)."),
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="normal",
-                               tooltip="Scheduler of the whole schedule; each stage runs its part from K to 0."),
-                io.Float.Input("K", default=DEFAULT_K, min=K_MIN, max=K_MAX, step=1.0, tooltip=K_TOOLTIP),
-                Upsamplers.Input("upsamplers", optional=True,
-                                 tooltip="Optional time-aware feature upsamplers (tuned version) for every stage. "
-                                         "Leave empty for the tuning-free cascade."),
-                io.Float.Input("strength", default=1.0, min=0.0, max=STRENGTH_MAX, step=0.01, optional=True,
-                               tooltip="Tuned version only: weight of the upsampled pivot features (1 = as trained)."),
-                io.Float.Input("end_timestep", default=DEFAULT_END_TIMESTEP, min=0.0, max=END_TIMESTEP_MAX, step=1.0,
-                               optional=True,
-                               tooltip="Tuned version only: upsamplers act while the timestep is above this "
-                                       "(paper: 100); the last steps run the plain model."),
+                *sampling_inputs(
+                    seed_tooltip="Noise seed of the first stage; stage k (0, 1, ...) uses seed + k. Within a stage: "
+                                 + SEED_TOOLTIP,
+                    steps_tooltip=STEPS_TOOLTIP + " Same for every stage.",
+                    scheduler_tooltip="Scheduler of the whole schedule; each stage runs its part from K to 0.",
+                    upsamplers_tooltip="Optional time-aware feature upsamplers (tuned version) for every stage. "
+                                       "Leave empty for the tuning-free cascade."),
             ],
             outputs=[
                 io.Latent.Output(display_name="latent", tooltip="The finished latent at exactly width x height."),
