@@ -125,6 +125,8 @@ def _write_dev_pth() -> None:
     Only for the venv this file creates; with ``SELF_CASCADE_PYTHON`` the ``dev/test`` and ``dev/run``
     commands set PYTHONPATH instead.
     """
+    if HOST_DIR.resolve() != (REPO / ".host").resolve():
+        return  # a host shared from another checkout (SELF_CASCADE_HOST_DIR): its own dev/ stays on its path
     line = str(REPO / "dev") + "\n"
     for site in VENV.glob("lib/python3*/site-packages"):
         pth = site / "self_cascade_dev.pth"
