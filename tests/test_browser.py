@@ -158,6 +158,11 @@ def test_frontend_opens_every_workflow_without_missing_nodes(comfy_server, brows
         want = sorted({(m["name"], m["url"], m["directory"]) for m in entries})
         assert sorted((m["name"], m["url"], m["directory"]) for m in r["models"]) == want, (name, r["models"])
         assert not any(m["invalid"] for m in r["models"]), (name, r["models"])
+    # a FLOAT output drives a widget input in the frontend: the untrained node's strength feeds both stages
+    out = results["sd15_cascade_2048_upsamplers"]["output"]
+    (ups,) = [k for k, n in out.items() if n["class_type"] == "SelfCascadeUntrainedUpsamplers"]
+    strengths = [n["inputs"]["strength"] for n in out.values() if n["class_type"] == "SelfCascadeStage"]
+    assert strengths == [[ups, 1], [ups, 1]], strengths
 
 
 def test_missing_node_detection_can_fail(comfy_server, browser):

@@ -49,6 +49,21 @@ def test_sdxl_size_override_keeps_size_conditioning_consistent():
     assert by_title(p, "Load Upsamplers")["upsampler_name"] == "u.safetensors"
 
 
+def test_upsampler_override_swaps_the_untrained_node_for_a_loader():
+    """sd15_cascade_2048_upsamplers ships with the untrained node (no file); --upsampler replaces it with a
+    loader of the file under the same id (the stages' links stay) and sets the linked strengths to 1.0."""
+    p = dry("sd15_cascade_2048_upsamplers")
+    (ups,) = [k for k, n in p.items() if n["class_type"] == "SelfCascadeUntrainedUpsamplers"]
+    stages = [n["inputs"] for n in p.values() if n["class_type"] == "SelfCascadeStage"]
+    assert len(stages) == 2 and all(s["upsamplers"] == [ups, 0] and s["strength"] == [ups, 1] for s in stages)
+    p = dry("sd15_cascade_2048_upsamplers", "--upsampler", "u.safetensors")
+    assert not [n for n in p.values() if n["class_type"] == "SelfCascadeUntrainedUpsamplers"]
+    assert p[ups]["class_type"] == "SelfCascadeUpsamplerLoader"
+    assert by_title(p, "Load Upsamplers")["upsampler_name"] == "u.safetensors"
+    stages = [n["inputs"] for n in p.values() if n["class_type"] == "SelfCascadeStage"]
+    assert all(s["upsamplers"] == [ups, 0] and s["strength"] == 1.0 for s in stages), stages
+
+
 def test_bad_arguments_are_explained():
     proc = run_cli("no_such_workflow")
     assert proc.returncode == 1 and "shipped workflows:" in proc.stderr and "sd15_cascade_2048" in proc.stderr
@@ -56,6 +71,7 @@ def test_bad_arguments_are_explained():
     assert proc.returncode == 1 and "UI-format" in proc.stderr
     proc = run_cli("sd15_cascade_2048", "--upsampler", "x.safetensors", "--dry-run")
     assert proc.returncode == 1 and "no node titled 'SelfCascadeUpsamplerLoader'" in proc.stderr
+    assert "tuning-free" in proc.stderr
     proc = run_cli("sd15_cascade_2048", "--set", "Base Latent.depth=3", "--dry-run")
     assert proc.returncode == 1 and "has no input 'depth'" in proc.stderr
 

@@ -72,13 +72,13 @@ def test_marked_experimental(pack):
 
 
 def _sd15_upsamplers_workflow_without_a_file(ckpt: str) -> dict:
-    """The shipped SD1.5 upsampler workflow (API twin) with its Upsampler Loader swapped for the untrained node
-    and its strength linked to the node's recommendation; made tiny (32x48 px base, few steps). The final
+    """The shipped SD1.5 upsampler workflow (API twin) as shipped: the untrained node feeds both stages'
+    upsamplers and its strength output their strength; made tiny (32x48 px base, few steps). The final
     latent is saved instead of decoded (the decode path of this workflow is run by tests/test_workflows.py)."""
     prompt = json.loads((REPO / "workflows" / "api" / "sd15_cascade_2048_upsamplers.json").read_text())
-    (loader,) = [k for k, v in prompt.items() if v["class_type"] == "SelfCascadeUpsamplerLoader"]
+    (loader,) = [k for k, v in prompt.items() if v["class_type"] == "SelfCascadeUntrainedUpsamplers"]
     (ckpt_node,) = [k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple"]
-    prompt[loader] = {"class_type": "SelfCascadeUntrainedUpsamplers", "inputs": {"model": [ckpt_node, 0]}}
+    assert prompt[loader]["inputs"] == {"model": [ckpt_node, 0]}
     prompt[ckpt_node]["inputs"]["ckpt_name"] = ckpt
     for node in prompt.values():
         inputs = node["inputs"]
@@ -87,8 +87,7 @@ def _sd15_upsamplers_workflow_without_a_file(ckpt: str) -> dict:
         if node["class_type"] in ("KSampler", "SelfCascadeStage"):
             inputs["steps"] = 3
         if node["class_type"] == "SelfCascadeStage":
-            assert inputs["upsamplers"] == [loader, 0]
-            inputs["strength"] = [loader, 1]
+            assert inputs["upsamplers"] == [loader, 0] and inputs["strength"] == [loader, 1]
     (decode,) = [k for k, v in prompt.items() if v["class_type"] == "VAEDecodeTiled"]
     (save,) = [k for k, v in prompt.items() if v["class_type"] == "SaveImage"]
     last_stage = prompt[decode]["inputs"]["samples"]

@@ -157,9 +157,53 @@ def test_api_workflow_runs_on_real_server_via_cli(comfy_server, info, tiny_check
     expected = 128 if name.startswith("sd15") else 64  # 32 -> 64 -> 128 (two stages) or one stage
     assert img.size == (expected, expected)
     assert "queued" in proc.stderr and "override: Positive Prompt.text='a small test'" in proc.stderr
+    if name == "sd15_cascade_2048_upsamplers":  # no trained file: the untrained node fed both tuned stages
+        assert not has_ups and "--upsampler" not in extra
+        assert "using UNTRAINED upsamplers" in comfy_server.log(), comfy_server.log()[-3000:]
     if "--image" in extra:
         assert f"uploaded {tmp_path / f'in_{name}.png'} as input/in_{name}.png" in proc.stderr, proc.stderr
         assert (comfy_server.base_dir / "input" / f"in_{name}.png").is_file()
+
+
+def test_sd15_upsamplers_workflow_needs_no_file_and_says_how_to_train(pack):
+    """The shipped SD1.5 tuned workflow uses the untrained node (wired from the checkpoint's MODEL) for both
+    stages, whose strength is linked to the node's recommendation (the UI widget keeps the same value);
+    no loader, no file name; the note marks it experimental and names the training workflow."""
+    from self_cascade.nodes.untrained import UNTRAINED_STRENGTH
+
+    api = _api("sd15_cascade_2048_upsamplers")
+    assert not [n for n in api.values() if n["class_type"] == "SelfCascadeUpsamplerLoader"]
+    (ups,) = [k for k, n in api.items() if n["class_type"] == "SelfCascadeUntrainedUpsamplers"]
+    (ckpt,) = [k for k, n in api.items() if n["class_type"] == "CheckpointLoaderSimple"]
+    assert api[ups]["inputs"] == {"model": [ckpt, 0]}
+    stages = [n["inputs"] for n in api.values() if n["class_type"] == "SelfCascadeStage"]
+    assert len(stages) == 2
+    assert all(s["upsamplers"] == [ups, 0] and s["strength"] == [ups, 1] for s in stages), stages
+    ui = _ui("sd15_cascade_2048_upsamplers")
+    for node in (n for n in ui["nodes"] if n["type"] == "SelfCascadeStage"):
+        (sock,) = [i for i in node["inputs"] if i["name"] == "strength"]
+        assert sock["widget"] == {"name": "strength"} and sock["link"] is not None
+        assert UNTRAINED_STRENGTH in node["widgets_values"]
+    text = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")
+    for phrase in ("EXPERIMENTAL", "unverified on Stable Diffusion", "train_upsamplers", "scripts/train_upsamplers.py",
+                   "Load Upsamplers"):
+        assert phrase in text, phrase
+
+
+def test_sd15_upsamplers_workflow_takes_a_trained_file_via_cli(comfy_server, info, tiny_checkpoint, upsampler_file,
+                                                               tmp_path):
+    """--upsampler swaps the untrained node for a loader of the user's trained file (strength 1.0) and runs."""
+    from PIL import Image
+
+    proc = run_cli("sd15_cascade_2048_upsamplers", "--server", comfy_server.url, "--checkpoint", tiny_checkpoint,
+                   "--upsampler", upsampler_file, "--width", "32", "--height", "32", "--steps", "2", "--seed", "3",
+                   "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:] + comfy_server.log()[-3000:]
+    saved = [Path(line) for line in proc.stdout.split()]
+    assert len(saved) == 1 and Image.open(saved[0]).size == (128, 128)
+    assert "-> Load Upsamplers (SelfCascadeUpsamplerLoader)" in proc.stderr, proc.stderr
+    assert f"override: Load Upsamplers.upsampler_name='{upsampler_file}'" in proc.stderr
+    assert "override: Stage 1: 1024px.strength=1.0" in proc.stderr and "Stage 2: 2048px.strength=1.0" in proc.stderr
 
 
 @pytest.fixture(scope="module")

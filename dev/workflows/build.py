@@ -27,6 +27,7 @@ SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 FLUX_CKPT = "flux1-dev-fp8.safetensors"  # checkpoint with CLIP-L, T5 and VAE (ComfyUI's Flux examples)
 SD3_CKPT = "sd3.5_large_fp8_scaled.safetensors"  # checkpoint with its text encoders (ComfyUI's SD3.5 examples)
 OFFICIAL_UPSAMPLERS = "upsampler_only.pth"
+UNTRAINED_TITLE = "Untrained Upsamplers (experimental)"
 HF = "https://huggingface.co"
 #: Download entries for the frontend's missing-models dialog (``properties.models`` of the loader nodes).
 MODEL_URLS = {
@@ -56,10 +57,15 @@ Knobs (Stage):
 - scale: 2.0 per stage (4x the pixels). Use SelfCascadeStagePlan for other target sizes.
 Decode is tiled so {final} px fits in memory."""
 
-NOTE_UPSAMPLERS = """Tuned cascade: trained time-aware feature upsamplers inject the pivot's UNet features into the
-high-resolution sample. Put the .safetensors in ComfyUI/models/self_cascade/ and pick it in
-'Load Upsamplers' (train one with the training workflow).
-- strength (1.0): how strongly the pivot features are added; 0 = tuning-free.
+NOTE_UPSAMPLERS = """EXPERIMENTAL: untrained upsamplers, unverified on Stable Diffusion. No file needed: 'Untrained
+Upsamplers' builds a fresh set for this checkpoint's UNet (each upsampler is exactly a nearest x2
+upsample), so both stages add the pivot's own UNet features, nearest-upsampled, to the high-resolution
+sample. Its 'strength' output (0.5, chosen on a miniature benchmark, not on SD) drives both stages.
+For the paper's tuned version, train a set with the 'train_upsamplers' workflow (or
+scripts/train_upsamplers.py), put the .safetensors in ComfyUI/models/self_cascade/, replace this node
+with 'Load Upsamplers' (Self-Cascade Upsampler Loader) wired to both stages' upsamplers, and set
+strength to 1.0. Headless: queue_workflow.py ... --upsampler FILE does that swap.
+- strength: how strongly the pivot features are added; 0 = tuning-free.
 - end_timestep (100): the injection stops below this timestep so the last steps add fine detail freely."""
 
 NOTE_SDXL = """SDXL 1024 -> 2048 -> 4096 with the official Self-Cascade upsamplers.
@@ -85,7 +91,8 @@ NOTE_TRAIN = """Train Self-Cascade upsamplers from a folder of high-resolution i
 - steps: the paper adapts in about 10k; a few hundred on a handful of images already help.
 - K / end_timestep: use the values you sample with (700 / 100).
 - save_name: written to ComfyUI/models/self_cascade/<save_name>.safetensors (never overwritten unless
-  resume is on) and then appears in 'Load Upsamplers' (workflow sd15_cascade_2048_upsamplers).
+  resume is on) and then appears in 'Load Upsamplers' (in sd15_cascade_2048_upsamplers, swap the
+  untrained node for it; headless: queue_workflow.py sd15_cascade_2048_upsamplers --upsampler FILE).
 - Cancel keeps a resumable checkpoint; set resume to continue. The loss curve is saved as an image."""
 
 
@@ -109,14 +116,14 @@ def _base(g: Graph, ckpt: str, size: int, steps: int = 30, cfg: float = 7.5, sdx
 
 
 def _stages(g: Graph, ck, pos, neg, latent, sizes: list[int], ups=None, steps: int = 30, cfg: float = 7.5,
-            K: float = 700.0, scheduler: str = "normal", col: float = 3.3):
+            K: float = 700.0, scheduler: str = "normal", col: float = 3.3, strength=1.0):
     prev = latent
     for i, size in enumerate(sizes):
         extra = {"upsamplers": out(ups)} if ups is not None else {}
         prev = g.add("SelfCascadeStage", f"Stage {i + 1}: {size}px", col + i * 1.0, 0, model=out(ck, 0),
                      positive=out(pos), negative=out(neg), latent=out(prev), scale=2.0, upscale_method="bicubic",
                      seed=SEED + 1 + i, steps=steps, cfg=cfg, sampler_name="euler", scheduler=scheduler, K=K,
-                     strength=1.0, end_timestep=100.0, **extra)
+                     strength=strength, end_timestep=100.0, **extra)
     return prev
 
 
@@ -132,14 +139,15 @@ def _finish(g: Graph, latent, vae_src, prefix: str, col: float, members: list):
 def sd15_cascade_2048(upsamplers: bool = False) -> Graph:
     g = Graph("sd15_cascade_2048_upsamplers" if upsamplers else "sd15_cascade_2048")
     ck, pos, neg, ks = _base(g, SD15_CKPT, 512)
-    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 3.3, 12,
-                upsampler_name="sd15_upsamplers.safetensors") if upsamplers else None
-    last = _stages(g, ck, pos, neg, ks, [1024, 2048], ups)
+    # No SD1.5 set is published: the untrained node (no file) feeds both stages, its strength output
+    # drives their strength (the widget keeps 0.5, the node's value, if the link is removed).
+    ups = g.add("SelfCascadeUntrainedUpsamplers", UNTRAINED_TITLE, 3.3, 12, model=out(ck, 0)) if upsamplers else None
+    last = _stages(g, ck, pos, neg, ks, [1024, 2048], ups, strength=out(ups, 1, shown=0.5) if ups else 1.0)
     stages = [n for n in g.nodes if n.type == "SelfCascadeStage"] + ([ups] if ups else [])
     _finish(g, last, ck, f"self_cascade/{g.name}", 5.4, stages)
     g.note(NOTE_CASCADE.format(base="512", sizes="512 -> 1024 -> 2048", final="2048"), 0, 16, 700, 330)
     if upsamplers:
-        g.note(NOTE_UPSAMPLERS, 3.3, 17, 700, 200)
+        g.note(NOTE_UPSAMPLERS, 3.3, 17, 760, 280)
     return g
 
 
@@ -269,7 +277,7 @@ def train_upsamplers() -> Graph:
 
 TITLES = {
     "sd15_cascade_2048": "SD1.5/2.1 tuning-free cascade 512 -> 1024 -> 2048",
-    "sd15_cascade_2048_upsamplers": "SD1.5/2.1 cascade 512 -> 2048 with trained upsamplers",
+    "sd15_cascade_2048_upsamplers": "SD1.5/2.1 cascade 512 -> 2048, untrained upsamplers (experimental)",
     "sdxl_cascade_4096": "SDXL 1024 -> 2048 -> 4096, official upsamplers",
     "train_upsamplers": "Train Self-Cascade upsamplers from a folder",
     "composable_pivot_renoise": "Composable: Pivot Upsample -> Renoise -> SamplerCustomAdvanced",

@@ -9,7 +9,8 @@ server's ``/object_info`` it writes:
   widgets_values, ``links`` as ``[id, from, from_slot, to, to_slot, type]``, ``groups``,
   version 0.4). ``widgets_values`` follow the /object_info input order (required, then
   optional); a widget with a "control after generate" companion (see ``has_control``) is
-  followed by its control value ("fixed"), as the frontend stores it.
+  followed by its control value ("fixed"), as the frontend stores it. A widget driven by a link
+  (``Out`` as its value) also gets a socket in ``inputs`` with ``"widget": {"name": ...}``.
 
 ``ui_to_api`` converts a UI workflow back the way the frontend does (Note nodes dropped), so a
 test can show the two files describe the same graph. Standard library only.
@@ -25,10 +26,16 @@ COL_W, ROW_H = 360, 40  # layout grid: x per column, y per row unit
 
 @dataclass(frozen=True)
 class Out:
-    """Output ``slot`` of node ``node`` (what a link starts from)."""
+    """Output ``slot`` of node ``node`` (what a link starts from).
+
+    Linked into a widget input (e.g. a FLOAT output into Stage's ``strength``), ``shown`` is the value the
+    UI file stores for the widget (the frontend keeps a linked widget's value in ``widgets_values``; it
+    is what the widget shows if the link is removed); None = the input's default.
+    """
 
     node: int
     slot: int
+    shown: object = None
 
 
 @dataclass
@@ -69,8 +76,8 @@ class Graph:
         self.groups.append((title, [m if isinstance(m, int) else m.id for m in members], color))
 
 
-def out(node: Node, slot: int = 0) -> Out:
-    return Out(node.id, slot)
+def out(node: Node, slot: int = 0, shown: object = None) -> Out:
+    return Out(node.id, slot, shown)
 
 
 def input_specs(info: dict, type_: str) -> list[tuple[str, list, bool]]:
@@ -146,12 +153,18 @@ def to_ui(graph: Graph, info: dict, extra_notes_color: str = "#432") -> dict:
         inputs, widgets = [], []
         for name, spec, _ in input_specs(info, node.type):
             v = api[str(node.id)]["inputs"].get(name)
+            link = next((link for link in links if link[3] == node.id and link[6] == name), None)
             if is_widget(spec):
-                widgets.append(v if v is not None else (spec[1].get("default") if len(spec) > 1 else None))
+                default = spec[1].get("default") if len(spec) > 1 else None
+                if link is not None:  # a widget driven by a link: a socket with "widget", the value kept
+                    link[4] = len(inputs)
+                    inputs.append({"name": name, "type": spec[0], "widget": {"name": name}, "link": link[0]})
+                    shown = node.values[name].shown
+                    v = shown if shown is not None else default
+                widgets.append(v if v is not None else default)
                 if has_control(spec, name):
                     widgets.append("fixed")
                 continue
-            link = next((link for link in links if link[3] == node.id and link[6] == name), None)
             if link is not None:
                 link[4] = len(inputs)
             inputs.append({"name": name, "type": spec[0], "link": link[0] if link else None})

@@ -18,7 +18,10 @@ How overrides find their nodes (the shipped workflows follow this; your own grap
 - ``--seed``: every ``seed`` / ``noise_seed`` input (KSampler, SelfCascadeStage, SelfCascadeRenoise...).
 - ``--steps``: every ``steps`` input of a sampling node (KSampler, SelfCascadeStage, SelfCascadeRenoise).
 - ``--upsampler``: ``upsampler_name`` of every ``SelfCascadeUpsamplerLoader`` (a file in
-  ComfyUI/models/self_cascade/).
+  ComfyUI/models/self_cascade/). A workflow with no loader but a ``SelfCascadeUntrainedUpsamplers``
+  node (``sd15_cascade_2048_upsamplers``) gets that node swapped for a loader of the file (same node
+  id, so the stages' ``upsamplers`` links stay), and the inputs fed by its ``strength`` output are
+  set to 1.0 (a trained set's strength).
 - ``--image PATH``: a local image, uploaded to the server's input/ (``/upload/image``) and set as
   ``image`` of every ``LoadImage`` (the image-in workflow ``sd15_image_cascade_2048``).
 - ``--set "TITLE.input=VALUE"``: any input of the node(s) with that title or class_type; VALUE is
@@ -43,6 +46,9 @@ except ImportError:  # run as a script: this folder is sys.path[0]
 HERE = Path(__file__).resolve().parent
 SAMPLING_TYPES = ("KSampler", "KSamplerAdvanced", "SelfCascadeStage", "SelfCascadeRenoise", "BasicScheduler")
 SEED_INPUTS = ("seed", "noise_seed")
+UNTRAINED = "SelfCascadeUntrainedUpsamplers"
+LOADER = "SelfCascadeUpsamplerLoader"
+TRAINED_STRENGTH = 1.0  # the strength a trained set is used at (the Stage's default)
 
 
 class UsageError(Exception):
@@ -124,7 +130,12 @@ def apply_overrides(prompt: dict, args: argparse.Namespace) -> list[str]:
             if n["class_type"] in SAMPLING_TYPES:
                 put(n, "steps", args.steps)
     if args.upsampler is not None:
-        for n in need("SelfCascadeUpsamplerLoader", "--upsampler"):
+        if not nodes_titled(prompt, LOADER) and nodes_titled(prompt, UNTRAINED):
+            done.extend(swap_untrained_for_loader(prompt))
+        if not nodes_titled(prompt, LOADER):
+            raise UsageError(f"--upsampler: this workflow has no node titled {LOADER!r} (and no {UNTRAINED} node "
+                             "to swap for one): it is tuning-free, there is no upsampler file to set")
+        for n in nodes_titled(prompt, LOADER):
             put(n, "upsampler_name", args.upsampler)
     if args.image is not None:
         if not Path(args.image).is_file():
@@ -141,6 +152,25 @@ def apply_overrides(prompt: dict, args: argparse.Namespace) -> list[str]:
                 raise UsageError(f"--set {item!r}: node {title!r} has no input {key!r} "
                                  f"(inputs: {', '.join(n['inputs'])})")
             put(n, key, _parse_value(value))
+    return done
+
+
+def swap_untrained_for_loader(prompt: dict) -> list[str]:
+    """Replace every untrained-upsampler node with an Upsampler Loader (same id: the ``upsamplers``
+    links stay valid; ``upsampler_name`` is set by the caller). Inputs linked to its ``strength``
+    output (slot 1) get ``TRAINED_STRENGTH``. Returns what changed (for the log)."""
+    done = []
+    for nid, node in list(prompt.items()):
+        if node["class_type"] != UNTRAINED:
+            continue
+        title = node.get("_meta", {}).get("title", UNTRAINED)
+        prompt[nid] = {"inputs": {"upsampler_name": ""}, "class_type": LOADER, "_meta": {"title": "Load Upsamplers"}}
+        done.append(f"{title} (node {nid}) -> Load Upsamplers ({LOADER})")
+        for other in prompt.values():
+            for key, value in other["inputs"].items():
+                if isinstance(value, list) and value == [nid, 1]:
+                    other["inputs"][key] = TRAINED_STRENGTH
+                    done.append(f"{other.get('_meta', {}).get('title', other['class_type'])}.{key}={TRAINED_STRENGTH!r}")
     return done
 
 
@@ -230,7 +260,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--width", type=int, help="base width (stage 0); the cascade multiplies it")
     ap.add_argument("--height", type=int, help="base height (stage 0)")
     ap.add_argument("--steps", type=int, help="steps of every sampler and stage")
-    ap.add_argument("--upsampler", help="upsampler file name in ComfyUI/models/self_cascade/")
+    ap.add_argument("--upsampler", help="upsampler file name in ComfyUI/models/self_cascade/ (replaces an "
+                                        "untrained-upsampler node with a loader of this file, strength 1.0)")
     ap.add_argument("--image", help="local image for the workflow's LoadImage (uploaded to the server's input/)")
     ap.add_argument("--set", action="append", metavar="TITLE.input=VALUE", help="any other input (repeatable)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the result")
