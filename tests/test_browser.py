@@ -11,6 +11,7 @@ the reason, when Chromium is not installed (``.ci/run`` installs Debian's ``chro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import subprocess
@@ -120,11 +121,12 @@ def browser(tmp_path_factory):
         log.close()
 
 
-async def _open_all(port: int, url: str, graphs: dict[str, str]) -> dict:
+@contextlib.asynccontextmanager
+async def _frontend(port: int, url: str):
+    """A CDP session on the browser's page with the ComfyUI frontend at ``url`` loaded and ready."""
     import aiohttp
 
     page = next(t for t in _json(f"http://127.0.0.1:{port}/json/list") if t["type"] == "page")
-    results = {}
     async with aiohttp.ClientSession() as s, s.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
         cdp = CDP(ws)
         await cdp.call("Page.navigate", url=url)
@@ -134,6 +136,12 @@ async def _open_all(port: int, url: str, graphs: dict[str, str]) -> dict:
                 raise AssertionError("the ComfyUI frontend did not become ready within 120 s (window.app, "
                                      "LiteGraph with SelfCascadeStage registered)")
             await asyncio.sleep(0.5)
+        yield cdp
+
+
+async def _open_all(port: int, url: str, graphs: dict[str, str]) -> dict:
+    results = {}
+    async with _frontend(port, url) as cdp:
         await cdp.eval(HOOK_JS)
         for name, data in graphs.items():
             results[name] = json.loads(await cdp.eval(LOAD_JS % (data, json.dumps(name))))
@@ -192,17 +200,7 @@ HELP_JS = """(async () => {
 
 
 async def _node_help(port: int, url: str, node_id: str) -> dict:
-    import aiohttp
-
-    page = next(t for t in _json(f"http://127.0.0.1:{port}/json/list") if t["type"] == "page")
-    async with aiohttp.ClientSession() as s, s.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-        cdp = CDP(ws)
-        await cdp.call("Page.navigate", url=url)
-        deadline = time.monotonic() + 120
-        while not await cdp.eval(READY_JS):
-            if time.monotonic() > deadline:
-                raise AssertionError("the ComfyUI frontend did not become ready within 120 s")
-            await asyncio.sleep(0.5)
+    async with _frontend(port, url) as cdp:
         return json.loads(await cdp.eval(HELP_JS % json.dumps(node_id)))
 
 
