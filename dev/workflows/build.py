@@ -344,7 +344,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--object-info", help="a saved /object_info JSON instead of starting a server")
     ap.add_argument("--only", nargs="*", help="graph names to write")
+    ap.add_argument("--thumbnails-only", action="store_true",
+                    help="only redraw the thumbnails of the workflows in workflows/ (no server needed)")
     args = ap.parse_args()
+    if args.thumbnails_only:
+        for p in sorted(OUT.glob("*.json")):
+            print(write_thumbnail(p.stem, json.loads(p.read_text()), TITLES.get(p.stem, p.stem)))
+        return 0
     info = json.loads(Path(args.object_info).read_text()) if args.object_info else live_object_info()
     written = build(info, args.only)
     print("wrote: " + ", ".join(written))

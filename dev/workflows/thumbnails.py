@@ -2,11 +2,10 @@
 
 What the picture shows is the graph itself (groups, nodes with their titles, links), drawn from
 the UI JSON, not a rendered image: the pack ships no model weights to render one with.
-Called by build.py; ``python dev/workflows/thumbnails.py`` redraws all of them.
+Called by build.py; ``python dev/workflows/build.py --thumbnails-only`` redraws all of them.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -71,9 +70,3 @@ def write_thumbnail(name: str, ui: dict, title: str) -> Path:
     render(ui, title).save(path, quality=88)
     return path
 
-
-if __name__ == "__main__":
-    from build import TITLES  # this folder is sys.path[0] when run as a script
-
-    for p in sorted(OUT.glob("*.json")):
-        print(write_thumbnail(p.stem, json.loads(p.read_text()), TITLES.get(p.stem, p.stem)))
