@@ -137,7 +137,7 @@ class UpsamplerInjection:
         self.dtype = dtype
         self.managed = None
         self._latent_in = None
-        self._model_sampling = None
+        self._end_raw = self.end_timestep  # end_timestep as the model's raw timestep, set by install()
         self.pivot = pivot
 
     @property
@@ -166,7 +166,7 @@ class UpsamplerInjection:
             raise SelfCascadeError(f"'pivot' has {self._pivot.shape[1]} channels, the model takes "
                                    f"{unet.in_channels}; connect a latent of this model's VAE.")
         self._latent_in = model.model.process_latent_in
-        self._model_sampling = model_sampling_of(model)
+        self._end_raw = model_timestep(model_sampling_of(model), self.end_timestep)  # once, not per UNet call
         self._scaled = None
         out = model.clone()
         kind = comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL
@@ -192,9 +192,7 @@ class UpsamplerInjection:
         return pair_pivot(p, x.shape[0], n_chunks)
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        ms = self._model_sampling
-        end = model_timestep(ms, self.end_timestep) if ms is not None else self.end_timestep
-        on = timesteps > end  # strict: at t == end_timestep the plain model runs (the official code's t > 100)
+        on = timesteps > self._end_raw  # strict: at t == end_timestep the plain model runs (the official code's t > 100)
         if self.strength == 0.0 or not bool(on.any()):
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
         unet = executor.class_obj
