@@ -5,6 +5,7 @@ Fixtures:
 - ``tiny_model`` / ``tiny_sdxl_model``: real ModelPatcher over a small seeded UNetModel.
 - ``comfy_server`` (session): a live ComfyUI server with the pack in custom_nodes, on a free
   loopback port; stopped (by its PID) at the end. ``client``: a ComfyClient for it.
+- ``model_folder``: a temporary models/self_cascade folder registered with folder_paths.
 """
 from __future__ import annotations
 
@@ -85,3 +86,20 @@ def tiny_checkpoint(comfy_server, tiny_checkpoint_file):
     if not link.exists():
         link.symlink_to(tiny_checkpoint_file)
     return tiny_checkpoint_file.name
+
+
+@pytest.fixture
+def model_folder(pack, tmp_path):
+    """A temporary models/self_cascade folder registered with folder_paths (removed afterwards)."""
+    import folder_paths
+    from self_cascade.nodes.common import MODEL_FOLDER, register_model_folder
+
+    register_model_folder()
+    folder = tmp_path / "models" / "self_cascade"
+    folder.mkdir(parents=True)
+    paths = folder_paths.folder_names_and_paths[MODEL_FOLDER][0]
+    paths.insert(0, str(folder))
+    try:
+        yield folder
+    finally:
+        paths.remove(str(folder))

@@ -32,23 +32,6 @@ def lightning_style(sd: dict, **extra) -> dict:
             "lr_schedulers": [], "callbacks": {}, **extra}
 
 
-@pytest.fixture
-def model_folder(pack, tmp_path):
-    """A temporary models/self_cascade folder registered with folder_paths (removed afterwards)."""
-    import folder_paths
-    from self_cascade.nodes.common import MODEL_FOLDER, register_model_folder
-
-    register_model_folder()
-    folder = tmp_path / "models" / "self_cascade"
-    folder.mkdir(parents=True)
-    paths = folder_paths.folder_names_and_paths[MODEL_FOLDER][0]
-    paths.insert(0, str(folder))
-    try:
-        yield folder
-    finally:
-        paths.remove(str(folder))
-
-
 def all_files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 

@@ -12,21 +12,6 @@ from tiny_models import run_stage
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture
-def model_folder(pack, tmp_path):
-    """A temporary models/self_cascade folder registered with folder_paths (removed afterwards)."""
-    import folder_paths
-    from self_cascade.nodes.common import MODEL_FOLDER, register_model_folder
-
-    register_model_folder()
-    paths = folder_paths.folder_names_and_paths[MODEL_FOLDER][0]
-    paths.insert(0, str(tmp_path))
-    try:
-        yield tmp_path
-    finally:
-        paths.remove(str(tmp_path))
-
-
 def fresh(model, variant="light"):
     from self_cascade.nodes.patch import model_family
     from self_cascade.upsampler.modules import UpsamplerSet
