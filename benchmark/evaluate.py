@@ -80,7 +80,8 @@ def evaluate_target(S: Sampling, name: str, args, trained: dict) -> dict:
     sweep_s: dict[float, list] = {s: [] for s in args.strengths} if name in args.sweep_targets else {}
     steps: dict[str, dict[int, list]] = {}
     if name == args.steps_target and name in trained["ft"]:
-        steps = {m: {b: [] for b in args.budgets} for m in ("T", "Full fine-tuning", "LoRA")}
+        # step 0 = untrained: the fresh set for T, the base model (Direct) for full fine-tuning and LoRA
+        steps = {m: {b: [] for b in [0, *args.budgets]} for m in ("T", "Full fine-tuning", "LoRA")}
     base_counts, grid = [], None
     for si, seed in enumerate(args.seed_sets):
         real = scenes.render(scenes.sample_scenes(n, 10_000 + seed, aspect), *target)
@@ -118,13 +119,15 @@ def evaluate_target(S: Sampling, name: str, args, trained: dict) -> dict:
             img = images[FRESH] if st == 1.0 else scenes.from_latent(
                 S.cascade(base_lat, base_hw, target, seed, trained["fresh"], strength=st))
             sweep_s[st].append(score_set(img, uses_base=True, **common))
-        for b in args.budgets if steps else []:
-            img = images[T] if b == final else scenes.from_latent(
+        for b in [0, *args.budgets] if steps else []:
+            img = images[FRESH] if b == 0 else images[T] if b == final else scenes.from_latent(
                 S.cascade(base_lat, base_hw, target, seed, trained["t"][b]))
             steps["T"][b].append(score_set(img, uses_base=True, **common))
             for key, label, row, load in (("ft", "Full fine-tuning", FT, tr.load_full_snapshot),
                                           ("lora", "LoRA", LORA, tr.load_lora_snapshot)):
-                if b == final:
+                if b == 0:
+                    img = images[DIRECT]
+                elif b == final:
                     img = images[row]
                 else:
                     mp, snaps, _ = trained[key][name]

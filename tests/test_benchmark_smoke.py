@@ -92,7 +92,10 @@ def test_quick_benchmark_smoke(tmp_path, pack):
     for K in ("500", "700"):  # the quick K sweep
         assert K in rows, table
     assert "strength sweep" in table and "steps to quality" in table
-    assert table.count("MET") + table.count("MISSED") >= 3  # every goal judged either way
+    goals = table.split("## Goals", 1)[1].split("\n## ", 1)[0]
+    judged = [g for g in goals.splitlines() if g.startswith("- ")]
+    assert len(judged) >= 5, goals  # TF, trained T, and the steps-to-quality rule per measure
+    assert all(re.search(r": (MET|MISSED|NOT TESTABLE) \(", g) for g in judged), goals  # each judged either way
     for png in ("grid_4x.png", "k_sweep_4x.png", "steps_to_quality_4x.png"):
         assert (out / png).stat().st_size > 0
     assert "evaluate.py --quick" in (out / "command.txt").read_text()
@@ -142,3 +145,27 @@ def test_saturated_background_is_not_an_object(bench):
     assert metrics.count_objects(one) == [1]
     assert metrics.count_objects(flooded) == [metrics.INVALID]
     assert metrics.composition(torch.cat([one, flooded])) == 0.5
+
+
+def test_steps_claim_direction_and_untrained_start(pack):
+    """The steps-to-quality rule: higher-is-better measures compare the right way, T's untrained step 0
+    never counts as reaching fine-tuning's best, and a fine-tuning run that never beats its step 0 is
+    flagged as learning nothing (so its "best" cannot stand for trained quality)."""
+    from self_cascade.benchmark.report import steps_claim
+
+    def run(t, ft):
+        return {"T": {b: {"composition": v} for b, v in t.items()},
+                "Full fine-tuning": {b: {"composition": v} for b, v in ft.items()}}
+
+    learned = run({0: 0.95, 10: 0.5, 20: 0.9}, {0: 0.5, 10: 0.6, 100: 0.8, 200: 0.7})
+    c = steps_claim(learned, "composition")  # higher is better
+    assert (c["ft_best"], c["ft_best_step"], c["t_step"], c["ft_learned"], c["met"]) == (0.8, 100, 20, True, True)
+    c = steps_claim(learned, "composition", score=lambda v: v)  # the other direction picks the other end
+    assert (c["ft_best"], c["ft_best_step"], c["t_step"]) == (0.6, 10, 10)
+    flat = run({0: 0.9, 10: 0.9}, {0: 0.9, 10: 0.7, 40: 0.8})
+    c = steps_claim(flat, "composition")
+    assert c["ft_learned"] is False and c["t_step"] == 10 and c["met"] is False  # 10 * 5 > 40
+    over = {"T": {0: {"detail": 0.2}, 10: {"detail": 1.6}, 20: {"detail": 0.9}},
+            "Full fine-tuning": {0: {"detail": 0.3}, 40: {"detail": 0.85}, 100: {"detail": 1.3}}}
+    c = steps_claim(over, "detail")  # distance to real's 1.0: 1.6 is not "more detail", 0.9 reaches 0.85
+    assert (c["ft_best"], c["t_step"], c["ft_learned"]) == (0.85, 20, True)
