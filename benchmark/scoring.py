@@ -40,6 +40,7 @@ def pool(per_set: list[dict], expected: int = 1) -> dict:
         ious = [v for s in per_set for v in s["iou"]]
         out["pivot_iou"], out["pivot_iou_ci"] = float(np.mean(ious)), mt.bootstrap_mean(ious)
         out["pivot_iou_sets"] = [float(np.mean(s["iou"])) for s in per_set]
+        out["pivot_iou_values"] = ious  # per sample, seed order: paired comparisons between rows
     for key in ("swd_coarse", "swd_fine", "base_consistency", "detail"):
         if key in per_set[0]:
             vals = [s[key] for s in per_set]
@@ -48,3 +49,13 @@ def pool(per_set: list[dict], expected: int = 1) -> dict:
         out["seconds"] = float(sum(s["seconds"] for s in per_set))
         out["cpu_seconds"] = float(sum(s["cpu_seconds"] for s in per_set))
     return out
+
+
+def paired_iou_gain(a: dict, b: dict) -> tuple[float, tuple[float, float]]:
+    """Mean per-sample pivot IoU of row ``a`` minus row ``b`` on the same seeds, with a bootstrap 95%
+    interval of that mean: the same-seed comparison, tighter than two rows' separate intervals."""
+    va, vb = a["pivot_iou_values"], b["pivot_iou_values"]
+    if len(va) != len(vb):
+        raise ValueError(f"paired comparison needs the same samples ({len(va)} vs {len(vb)})")
+    d = [x - y for x, y in zip(va, vb, strict=True)]
+    return float(np.mean(d)), mt.bootstrap_mean(d)
