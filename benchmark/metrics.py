@@ -1,4 +1,4 @@
-"""Benchmark metrics (no pretrained network): composition, Laplacian-pyramid SWD, base consistency, detail.
+"""Benchmark metrics (no pretrained network): composition, Laplacian-pyramid SWD, base consistency, detail, stripes.
 
 All functions take ComfyUI IMAGE tensors (N, H, W, 3) in 0..1.
 - Composition: objects = connected components of HSV saturation > 0.4 covering >= 1% of the
@@ -22,8 +22,12 @@ All functions take ComfyUI IMAGE tensors (N, H, W, 3) in 0..1.
 - Detail: energy of the band that averages away at base size (image minus its base-size
   area-downsample, re-upsampled) inside the eroded object mask, relative to real renders (1.0 =
   as much fine detail as the ground truth).
+- Stripes: the part of that band that is the scenes' own texture (the stripe wave fitted inside
+  objects, ``stripe_energy``), relative to real renders; grain of the same energy scores near 0.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import scipy.ndimage
@@ -207,3 +211,35 @@ def detail_energy(images: torch.Tensor, base_hw: tuple[int, int], erode: int = 2
 
 def detail_ratio(generated: torch.Tensor, real: torch.Tensor, base_hw: tuple[int, int]) -> float:
     return detail_energy(generated, base_hw) / max(detail_energy(real, base_hw), 1e-12)
+
+
+def stripe_energy(images: torch.Tensor, base_hw: tuple[int, int], periods: float, erode: int = 2) -> float:
+    """Energy of the scenes' own texture inside objects: the high-res-only band (as ``detail_energy``),
+    least-squares fitted per image by the stripe wave ``cos / sin(2 pi periods (x + y) / short side)``
+    inside the eroded object mask; mean squared fit. Noise of the same energy has almost no component
+    at that one frequency, so this counts learned texture, not grain (``detail_energy`` counts both)."""
+    N, H, W = images.shape[:3]
+    x = images.movedim(-1, 1)
+    low = F.interpolate(F.interpolate(x, size=base_hw, mode="area"), size=(H, W), mode="bilinear",
+                        align_corners=False)
+    band = (x - low).mean(1)  # signed: the stripes modulate every channel the same way
+    m = object_mask(images).float()[:, None]
+    k = 2 * erode + 1
+    m = (1 - F.max_pool2d(1 - m, k, stride=1, padding=erode))[:, 0]
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    arg = 2 * math.pi * periods * (xs + ys) / min(H, W)
+    waves = torch.stack([torch.cos(arg), torch.sin(arg)])  # (2, H, W)
+    total = 0.0
+    for i in range(N):
+        w = waves[:, m[i] > 0]  # (2, P) inside the mask
+        if w.shape[1] < 4:
+            continue
+        b = band[i][m[i] > 0]
+        gram = w @ w.T + 1e-6 * torch.eye(2)
+        coef = torch.linalg.solve(gram, w @ b)
+        total += float((coef @ w).square().mean())
+    return total / max(N, 1)
+
+
+def stripe_ratio(generated: torch.Tensor, real: torch.Tensor, base_hw: tuple[int, int], periods: float) -> float:
+    return stripe_energy(generated, base_hw, periods) / max(stripe_energy(real, base_hw, periods), 1e-12)

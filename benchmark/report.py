@@ -64,14 +64,15 @@ def plot_steps(path: Path, name: str, steps: dict) -> None:
         {"title": f"{name}: SWD fine (x1e3, lower better)", "series": series("swd_fine")},
         {"title": f"{name}: SWD coarse (x1e3, lower better)", "series": series("swd_coarse")},
         {"title": f"{name}: composition", "series": series("composition"), "y_range": (0.0, 1.0)},
-        {"title": f"{name}: detail (x real; 1 = real)", "series": series("detail")},
+        {"title": f"{name}: stripes (x real; 1 = real)", "series": series("stripes")},
     ], "training steps (log)", log_x=True)
 
 
-#: Quality measures of the steps-to-quality comparison: key -> score (lower is better). Detail is
-#: judged by its distance to the real renders' 1.0 (more high-band energy than real is noise, not detail).
+#: Quality measures of the steps-to-quality comparison: key -> score (lower is better). Stripes (the
+#: scenes' own high-res texture, metrics.stripe_energy; grain does not count) are judged by their
+#: distance to the real renders' 1.0.
 STEP_METRICS: dict[str, Callable[[float], float]] = {
-    "composition": lambda v: -v, "swd_fine": lambda v: v, "swd_coarse": lambda v: v, "detail": lambda v: abs(v - 1.0)}
+    "composition": lambda v: -v, "swd_fine": lambda v: v, "swd_coarse": lambda v: v, "stripes": lambda v: abs(v - 1.0)}
 
 
 def steps_claim(steps: dict, key: str, score: Callable[[float], float] | None = None) -> dict:
@@ -154,8 +155,8 @@ def write_table(path: Path, results: dict, training: dict, command: str, args: d
         lines += [f"## {name}: {bh}x{bw} -> {th}x{tw} (HxW), {n} samples ({len(res['seed_sets'])} seed sets); "
                   f"base composition {res['base_composition']:.2f} [{lo:.2f}, {hi:.2f}]", "",
                   "| Method | Composition [95% CI] | per seed set | Pivot IoU [95% CI] | SWD coarse (x1e3) "
-                  "| SWD fine (x1e3) | SWD fine per set | Base consistency | Detail (x real) | Wall vs direct "
-                  "| CPU vs direct |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| SWD fine (x1e3) | SWD fine per set | Base consistency | Detail (x real) | Stripes (x real) "
+                  "| Wall vs direct | CPU vs direct |", "|" + "---|" * 12]
         direct = res["rows"]["Direct"]
         for row, r in res["rows"].items():
             wall = r["seconds"] / direct["seconds"] if "seconds" in r else None
@@ -163,7 +164,7 @@ def write_table(path: Path, results: dict, training: dict, command: str, args: d
             lines.append(f"| {row} | {_ci(r, 'composition')} | {_sets(r, 'composition')} | {_ci(r, 'pivot_iou')} | "
                          f"{fmt(r.get('swd_coarse'), '.1f')} | {fmt(r.get('swd_fine'), '.1f')} | "
                          f"{_sets(r, 'swd_fine', '.0f')} | {fmt(r.get('base_consistency'), '.1f')} | "
-                         f"{fmt(r.get('detail'))} | {fmt(wall)} | {fmt(cpu)} |")
+                         f"{fmt(r.get('detail'))} | {fmt(r.get('stripes'))} | {fmt(wall)} | {fmt(cpu)} |")
         missing = [r for r in ("Full fine-tuning (direct at target)", "LoRA (direct at target)") if r not in res["rows"]]
         if missing:
             lines.append(f"\n{', '.join(missing)}: not trained for this target (this run's --ft-targets: "
@@ -190,10 +191,11 @@ def write_table(path: Path, results: dict, training: dict, command: str, args: d
         if res["steps"]:
             lines += [f"### {name}: steps to quality (`steps_to_quality_{name}.png`); same budgets, batch, images", "",
                       "Step 0 = untrained (T: the fresh set; FT and LoRA: the base model, i.e. Direct). Per method: "
-                      "composition / SWD coarse / SWD fine / detail (T also pivot IoU).", "",
-                      "| steps | T comp | T pivot IoU | T SWD coarse | T SWD fine | T detail | FT comp | FT SWD coarse "
-                      "| FT SWD fine | FT detail | LoRA comp | LoRA SWD coarse | LoRA SWD fine | LoRA detail |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "composition / SWD coarse / SWD fine / detail / stripes (T also pivot IoU).", "",
+                      "| steps | T comp | T pivot IoU | T SWD coarse | T SWD fine | T detail | T stripes | FT comp "
+                      "| FT SWD coarse | FT SWD fine | FT detail | FT stripes | LoRA comp | LoRA SWD coarse "
+                      "| LoRA SWD fine | LoRA detail | LoRA stripes |",
+                      "|" + "---|" * 17]
             st = res["steps"]
             for b in sorted(st["T"]):
                 t = st["T"][b]
@@ -201,13 +203,15 @@ def write_table(path: Path, results: dict, training: dict, command: str, args: d
                 for r in (t, st["Full fine-tuning"][b], st["LoRA"][b]):
                     if r is not t:
                         cells.append(f"{r['composition']:.2f}")
-                    cells += [f"{r['swd_coarse']:.1f}", f"{r['swd_fine']:.1f}", fmt(r.get("detail"))]
+                    cells += [f"{r['swd_coarse']:.1f}", f"{r['swd_fine']:.1f}", fmt(r.get("detail")),
+                              fmt(r.get("stripes"))]
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
     lines += ["## Training", ""] + [f"- {k}: `{json.dumps(v)}`" for k, v in training.items()]
     lines += ["", "Composition: exact object count, counted at the base size (area-downsampled: resize-invariant), "
               "Wilson 95% interval. Pivot IoU: object layout at the base size against the base sample's, bootstrap "
               "95% interval; n/a for rows that do not start from the base sample. SWD: mean over the seed sets, lower "
-              "is better. Detail 1.0 = as much above-base-Nyquist energy inside objects as real renders. Times sum "
+              "is better. Detail 1.0 = as much above-base-Nyquist energy inside objects as real renders (grain counts); "
+              "Stripes 1.0 = as much of the scenes' own stripe texture there as real renders (grain does not). Times sum "
               "the seed sets and include the base stage where a row needs it (reference rows are not methods)."]
     path.write_text("\n".join(lines) + "\n")

@@ -1,7 +1,7 @@
 """Score one method's samples on one seed set, and pool the seed sets (95% intervals).
 
 Per seed set: object counts (at the base size), pivot IoU per sample (rows that start from the base
-sample), SWD coarse / fine to real renders, base consistency, detail ratio, wall and CPU seconds.
+sample), SWD coarse / fine to real renders, base consistency, detail and stripe ratios, wall and CPU seconds.
 Pooled over the sets: composition k/n with a Wilson interval, mean pivot IoU with a bootstrap
 interval, SWD / consistency / detail as the mean over sets plus each set's value.
 """
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import metrics as mt
+from .scenes import STRIPE_FREQ
 
 
 def score_set(img: torch.Tensor, *, base_img: torch.Tensor, real: torch.Tensor, real_ref: torch.Tensor,
@@ -25,6 +26,7 @@ def score_set(img: torch.Tensor, *, base_img: torch.Tensor, real: torch.Tensor, 
         r["base_consistency"] = mt.base_consistency(img, base_img, seed=seed)
         if tuple(img.shape[1:3]) != base_hw:
             r["detail"] = mt.detail_ratio(img, real, base_hw)
+            r["stripes"] = mt.stripe_ratio(img, real, base_hw, STRIPE_FREQ)
     if times is not None:
         r["seconds"], r["cpu_seconds"] = times
     return r
@@ -41,7 +43,7 @@ def pool(per_set: list[dict], expected: int = 1) -> dict:
         out["pivot_iou"], out["pivot_iou_ci"] = float(np.mean(ious)), mt.bootstrap_mean(ious)
         out["pivot_iou_sets"] = [float(np.mean(s["iou"])) for s in per_set]
         out["pivot_iou_values"] = ious  # per sample, seed order: paired comparisons between rows
-    for key in ("swd_coarse", "swd_fine", "base_consistency", "detail"):
+    for key in ("swd_coarse", "swd_fine", "base_consistency", "detail", "stripes"):
         if key in per_set[0]:
             vals = [s[key] for s in per_set]
             out[key], out[key + "_sets"] = float(np.mean(vals)), vals

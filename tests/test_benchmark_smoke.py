@@ -241,3 +241,24 @@ def test_trained_t_verdict_needs_a_win_beyond_noise(pack):
     assert verdict(spread + np.tile([0.11, -0.1], 24), 190.0) == "NOT SHOWN"  # mean +0.005, spread 0.1
     assert verdict(spread - 0.05, 190.0) == "MISSED"
     assert verdict(spread - 0.05, 150.0) == "MET"  # best fine SWD in every seed set
+
+
+def test_stripe_energy_counts_texture_not_grain(bench):
+    """Grain with exactly the real renders' high-band energy inside objects scores 1 on detail but
+    near 0 on stripes; the texture-less render scores 0; other real renders score about 1."""
+    scenes, metrics = bench
+    b = scenes.BASE_SHORT_SIDE
+    for side in (32, 64):
+        sc = scenes.sample_scenes(16, seed=3)
+        real, plain = scenes.render(sc, side, side), scenes.render(sc, side, side, detail=False)
+        noise = torch.randn(plain.shape, generator=torch.Generator().manual_seed(0))
+        target, lo, hi = metrics.detail_energy(real, (b, b)), 0.0, 1.0
+        for _ in range(30):  # grain amplitude matching the real band energy (bisection)
+            a = (lo + hi) / 2
+            lo, hi = (a, hi) if metrics.detail_energy((plain + a * noise).clamp(0, 1), (b, b)) < target else (lo, a)
+        grainy = (plain + a * noise).clamp(0, 1)
+        assert abs(metrics.detail_ratio(grainy, real, (b, b)) - 1) < 0.05
+        assert metrics.stripe_ratio(grainy, real, (b, b), scenes.STRIPE_FREQ) < 0.1
+        assert metrics.stripe_ratio(plain, real, (b, b), scenes.STRIPE_FREQ) < 0.01
+        other = scenes.render(scenes.sample_scenes(16, seed=4), side, side)
+        assert 0.7 < metrics.stripe_ratio(other, real, (b, b), scenes.STRIPE_FREQ) < 1.5
