@@ -44,9 +44,10 @@ TARGETS = {  # name: (base (H, W), target (H, W))
 REAL, BICUBIC = "Real renders (reference)", "Base sample, bicubic up (reference)"
 DIRECT, HIRES, DEEP = "Direct", "Hires fix (denoise 0.7)", "Deep Shrink (core)"
 TF, FRESH, T = "Self-Cascade TF (K=700)", "Self-Cascade T, untrained (fresh set)", "Self-Cascade T (trained)"
+T_OFF = "Self-Cascade T (trained, official size)"
 FT, LORA = "Full fine-tuning (direct at target)", "LoRA (direct at target)"
-ROWS = [REAL, BICUBIC, DIRECT, HIRES, DEEP, TF, FRESH, T, FT, LORA]
-USES_BASE = {BICUBIC, HIRES, TF, FRESH, T}  # rows that start from the base sample: pivot IoU applies
+ROWS = [REAL, BICUBIC, DIRECT, HIRES, DEEP, TF, FRESH, T, T_OFF, FT, LORA]
+USES_BASE = {BICUBIC, HIRES, TF, FRESH, T, T_OFF}  # rows that start from the base sample: pivot IoU applies
 
 
 def _add(a: tuple, b: tuple) -> tuple:
@@ -62,6 +63,13 @@ def train_all(S: Sampling, args, workdir: Path) -> dict:
                                          variant_size=args.variant_size, workdir=workdir,
                                          save_path=args.save_upsamplers)
     print(f"  T trained: cpu {time.process_time() - c:.0f}s", flush=True)
+    if args.official:  # the official layout (two full-width ResBlocks per tap): its final budget only
+        (workdir / "official").mkdir()
+        snaps, out["t_off_info"] = tr.train_t(S.model, S.pos, [max(budgets)], n_images=args.train_images,
+                                              lr=args.train_lr, batch=args.train_batch, variant="official",
+                                              variant_size=0, workdir=workdir / "official")
+        out["t_off"] = snaps[max(budgets)]
+        print(f"  T official size trained: cpu {time.process_time() - c:.0f}s", flush=True)
     out["ft"], out["lora"] = {}, {}
     for name in args.ft_targets:
         hw = TARGETS[name][1]
@@ -97,7 +105,10 @@ def evaluate_target(S: Sampling, name: str, args, trained: dict) -> dict:
         x, t = timed(S.hires, base_lat, target, seed)
         lat[HIRES], times[HIRES] = x, _add(t, t_base)
         lat[DEEP], times[DEEP] = timed(S.deep_shrink, n, base_hw, target, seed)
-        for row, ups in ((TF, None), (FRESH, trained["fresh"]), (T, trained["t"][final])):
+        cascades = [(TF, None), (FRESH, trained["fresh"]), (T, trained["t"][final])]
+        if "t_off" in trained:
+            cascades.append((T_OFF, trained["t_off"]))
+        for row, ups in cascades:
             x, t = timed(S.cascade, base_lat, base_hw, target, seed, ups)
             lat[row], times[row] = x, _add(t, t_base)
         if name in trained["ft"]:
@@ -178,6 +189,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--strengths", type=float, nargs="+", default=None, help="untrained-set strength sweep")
     ap.add_argument("--variant", default="light")
     ap.add_argument("--variant-size", type=int, default=32)
+    ap.add_argument("--no-official", dest="official", action="store_false",
+                    help="skip the official-size T row (trained with T's final budget and learning rate)")
     ap.add_argument("--save-upsamplers", type=Path, default=None, help="also save the trained T set here")
     ap.add_argument("--grid-cols", type=int, default=6)
     ap.add_argument("--out", default=None)
@@ -216,7 +229,8 @@ def main(argv=None) -> dict:
         print(f"[{time.perf_counter() - t0:.0f}s, cpu {time.process_time():.0f}s] evaluating {name}", flush=True)
         results[name] = evaluate_target(S, name, args, trained)
     total = time.perf_counter() - t0
-    info = {"T": trained["t_info"], **{f"Full fine-tuning {k}": v[2] for k, v in trained["ft"].items()},
+    info = {"T": trained["t_info"], **({"T official size": trained["t_off_info"]} if "t_off_info" in trained else {}),
+            **{f"Full fine-tuning {k}": v[2] for k, v in trained["ft"].items()},
             **{f"LoRA {k}": v[2] for k, v in trained["lora"].items()}}
     rep.write_table(Path(args.out) / "table.md", results, info, command, vars(args), total, t_train)
     (Path(args.out) / "results.json").write_text(json.dumps(

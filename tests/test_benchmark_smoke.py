@@ -66,7 +66,8 @@ def test_fidelity_ranks_blurry_below_real(bench):
 
 ROW_NAMES = ["Real renders (reference)", "Base sample, bicubic up (reference)", "Direct", "Hires fix (denoise 0.7)",
              "Deep Shrink (core)", "Self-Cascade TF (K=700)", "Self-Cascade T, untrained (fresh set)",
-             "Self-Cascade T (trained)", "Full fine-tuning (direct at target)", "LoRA (direct at target)"]
+             "Self-Cascade T (trained)", "Self-Cascade T (trained, official size)", "Full fine-tuning (direct at target)",
+             "LoRA (direct at target)"]
 
 
 def test_quick_benchmark_smoke(tmp_path, pack):
