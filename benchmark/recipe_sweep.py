@@ -7,7 +7,8 @@ evaluate.py's learning rates (T, full fine-tuning, LoRA) are picked here, never 
 reports (0 / 1000 / 2000): this script samples seed sets 5000 / 6000 and its real renders come from
 other scene seeds too. Each method trains once per learning rate with the same budgets, images
 and batch as evaluate.py (training.py), and is scored at 4x after every budget. The pick is made
-by a fixed rule from the last budget's numbers, printed with the table:
+by a rule set in this script from the last budget's numbers, printed with the table (exploratory
+runs on the same seeds came first; docs/BENCHMARK.md describes them):
 - T: the highest pivot IoU (the goal measure it can move: training makes it follow the pivot);
 - full fine-tuning and LoRA: the highest composition (what fine-tuning at the target size learns
   first; their fine SWD got worse with training at every rate tried).
@@ -115,8 +116,8 @@ def write(out: Path, results: dict, picks: dict, args, argv, total: float) -> No
              f"Command: `{command}`", "", f"Seed sets {args.seed_sets} x {args.samples} samples at 4x "
              f"({BASE_HW[0]}x{BASE_HW[1]} -> {TARGET[0]}x{TARGET[1]}); batch {args.batch}, "
              f"{2 * args.train_images} training images; wall time {total:.0f} s.", "",
-             "Rule (fixed before looking): T by pivot IoU, full fine-tuning and LoRA by composition, at the last "
-             "budget.", "", "## Picks", ""]
+             "Rule (set in the script before this run; exploratory runs on these seeds preceded it, see "
+             "docs/BENCHMARK.md): T by pivot IoU, full fine-tuning and LoRA by composition, at the last budget.", "", "## Picks", ""]
     for m, lr in picks.items():
         lines.append(f"- {m}: lr {lr:g} ({PICK[m]} {results[m][lr]['budgets'][max(args.budgets)][PICK[m]]:.3f})")
     lines += ["", "## Every run", "", "| method | lr | steps | composition | pivot IoU | SWD coarse | SWD fine | detail |",
