@@ -167,9 +167,9 @@ def test_steps_claim_direction_and_untrained_start(pack):
     flat = run({0: 0.9, 10: 0.9}, {0: 0.9, 10: 0.7, 40: 0.8})
     c = steps_claim(flat, "composition")
     assert c["ft_learned"] is False and c["t_step"] == 10 and c["met"] is False  # 10 * 5 > 40
-    over = {"T": {0: {"detail": 0.2}, 10: {"detail": 1.6}, 20: {"detail": 0.9}},
-            "Full fine-tuning": {0: {"detail": 0.3}, 40: {"detail": 0.85}, 100: {"detail": 1.3}}}
-    c = steps_claim(over, "detail")  # distance to real's 1.0: 1.6 is not "more detail", 0.9 reaches 0.85
+    over = {"T": {0: {"stripes": 0.2}, 10: {"stripes": 1.6}, 20: {"stripes": 0.9}},
+            "Full fine-tuning": {0: {"stripes": 0.3}, 40: {"stripes": 0.85}, 100: {"stripes": 1.3}}}
+    c = steps_claim(over, "stripes")  # distance to real's 1.0: 1.6 is not "more texture", 0.9 reaches 0.85
     assert (c["ft_best"], c["t_step"], c["ft_learned"]) == (0.85, 20, True)
 
 
