@@ -120,14 +120,14 @@ def write(out: Path, results: dict, picks: dict, args, argv, total: float) -> No
              "docs/BENCHMARK.md): T by pivot IoU, full fine-tuning and LoRA by composition, at the last budget.", "", "## Picks", ""]
     for m, lr in picks.items():
         lines.append(f"- {m}: lr {lr:g} ({PICK[m]} {results[m][lr]['budgets'][max(args.budgets)][PICK[m]]:.3f})")
-    lines += ["", "## Every run", "", "| method | lr | steps | composition | pivot IoU | SWD coarse | SWD fine | detail |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Every run", "", "| method | lr | steps | composition | pivot IoU | SWD coarse | SWD fine | detail "
+              "| stripes |", "|---|---|---|---|---|---|---|---|---|"]
     for m, by_lr in results.items():
         for lr, r in by_lr.items():
             for k, p in r["budgets"].items():
                 iou = f"{p['pivot_iou']:.3f}" if "pivot_iou" in p else "n/a"
                 lines.append(f"| {m} | {lr:g} | {k} | {p['composition']:.2f} | {iou} | {p['swd_coarse']:.1f} | "
-                             f"{p['swd_fine']:.1f} | {p['detail']:.2f} |")
+                             f"{p['swd_fine']:.1f} | {p['detail']:.2f} | {p.get('stripes', float('nan')):.3f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"command": command, "picks": picks, "results": results},
                                                  indent=1, default=str))
