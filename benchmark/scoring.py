@@ -3,7 +3,7 @@
 Per seed set: object counts (at the base size), pivot IoU per sample (rows that start from the base
 sample), SWD coarse / fine to real renders, base consistency, detail and stripe ratios, wall and CPU seconds.
 Pooled over the sets: composition k/n with a Wilson interval, mean pivot IoU with a bootstrap
-interval, SWD / consistency / detail as the mean over sets plus each set's value.
+interval, SWD / consistency / detail / stripes as the mean over sets plus each set's value.
 """
 from __future__ import annotations
 
