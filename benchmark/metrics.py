@@ -195,17 +195,24 @@ def base_consistency(generated: torch.Tensor, base: torch.Tensor, seed: int = 0)
     return float(np.mean([v for _, v in swd_levels(small, base, seed)]))
 
 
-def detail_energy(images: torch.Tensor, base_hw: tuple[int, int], erode: int = 2) -> float:
-    """Mean squared high-res-only band (above base Nyquist) inside eroded object masks."""
+def _high_band_in_objects(images: torch.Tensor, base_hw: tuple[int, int],
+                          erode: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(band (N, C, H, W): the image minus its base-size area-downsample re-upsampled, i.e. what only
+    the high resolution holds; mask (N, H, W): the object mask eroded by ``erode`` pixels)."""
     H, W = images.shape[1:3]
     x = images.movedim(-1, 1)
     low = F.interpolate(F.interpolate(x, size=base_hw, mode="area"), size=(H, W), mode="bilinear",
                         align_corners=False)
-    band = (x - low).square().mean(1)
     m = object_mask(images).float()[:, None]
     k = 2 * erode + 1
     m = 1 - F.max_pool2d(1 - m, k, stride=1, padding=erode)  # erosion
-    m = m[:, 0]
+    return x - low, m[:, 0]
+
+
+def detail_energy(images: torch.Tensor, base_hw: tuple[int, int], erode: int = 2) -> float:
+    """Mean squared high-res-only band (above base Nyquist) inside eroded object masks."""
+    band, m = _high_band_in_objects(images, base_hw, erode)
+    band = band.square().mean(1)
     return float((band * m).sum() / m.sum().clamp_min(1.0))
 
 
@@ -219,13 +226,8 @@ def stripe_energy(images: torch.Tensor, base_hw: tuple[int, int], periods: float
     inside the eroded object mask; mean squared fit. Noise of the same energy has almost no component
     at that one frequency, so this counts learned texture, not grain (``detail_energy`` counts both)."""
     N, H, W = images.shape[:3]
-    x = images.movedim(-1, 1)
-    low = F.interpolate(F.interpolate(x, size=base_hw, mode="area"), size=(H, W), mode="bilinear",
-                        align_corners=False)
-    band = (x - low).mean(1)  # signed: the stripes modulate every channel the same way
-    m = object_mask(images).float()[:, None]
-    k = 2 * erode + 1
-    m = (1 - F.max_pool2d(1 - m, k, stride=1, padding=erode))[:, 0]
+    band, m = _high_band_in_objects(images, base_hw, erode)
+    band = band.mean(1)  # signed: the stripes modulate every channel the same way
     ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
     arg = 2 * math.pi * periods * (xs + ys) / min(H, W)
     waves = torch.stack([torch.cos(arg), torch.sin(arg)])  # (2, H, W)

@@ -58,7 +58,7 @@ def train(S: Sampling, method: str, lr: float, args, workdir: Path):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="two budgets of 2 steps, 2 samples, one rate each (smoke)")
+    ap.add_argument("--quick", action="store_true", help="budgets of 1 and 2 steps, 2 samples, one rate each (smoke)")
     ap.add_argument("--seed-sets", type=int, nargs="+", default=[5000, 6000])
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200])
@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
     sets = []
     for seed in args.seed_sets:
         n = args.samples
-        sets.append(dict(seed=seed, base_lat=S.base(n, BASE_HW, seed),
+        base_lat = S.base(n, BASE_HW, seed)
+        sets.append(dict(seed=seed, base_lat=base_lat, base_img=scenes.from_latent(base_lat),
                          real=scenes.render(scenes.sample_scenes(n, 30_000 + seed), *TARGET),
                          real_ref=scenes.render(scenes.sample_scenes(max(n, 64), 40_000 + seed), *TARGET)))
     lrs = {"T": args.t_lrs, "Full fine-tuning": args.ft_lrs, "LoRA": args.lora_lrs}
@@ -98,7 +99,7 @@ def main(argv=None) -> dict:
                 per_set = []
                 for s in sets:
                     img = scenes.from_latent(runs[k](s["base_lat"], s["seed"]))
-                    per_set.append(score_set(img, base_img=scenes.from_latent(s["base_lat"]), real=s["real"],
+                    per_set.append(score_set(img, base_img=s["base_img"], real=s["real"],
                                              real_ref=s["real_ref"], seed=s["seed"], uses_base=method == "T"))
                 rows[k] = pool(per_set)
             results.setdefault(method, {})[lr] = {"budgets": rows, "training_seconds": info["seconds"]}
