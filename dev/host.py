@@ -41,7 +41,7 @@ HOST_PACKAGES = [
     "torchsde", "aiohttp", "yarl", "requests", "av", "transformers", "pydantic-settings",
     "comfyui-frontend-package==1.32.9",
 ]
-DEV_PACKAGES = ["pytest>=7", "pytest-timeout", "ruff"]
+DEV_PACKAGES = ["pytest>=7", "pytest-timeout", "ruff", "hypothesis"]
 SETUP_VERSION = 3  # bump to force re-creation when this recipe changes
 
 
@@ -115,7 +115,7 @@ def _install_bundled_comfyui(py: Path) -> None:
 
 def _stamp_wanted() -> dict:
     return {"setup_version": SETUP_VERSION, "comfyui_path": os.environ.get("COMFYUI_PATH", ""),
-            "python": sys.version.split()[0],
+            "python": sys.version.split()[0], "dev_packages": DEV_PACKAGES,
             "requirements": (REPO / "requirements.txt").read_text() if (REPO / "requirements.txt").exists() else ""}
 
 
@@ -143,7 +143,14 @@ def setup(force: bool = False) -> Path:
     wanted = _stamp_wanted()
     if not force and STAMP.exists() and _venv_python().exists():
         try:
-            if json.loads(STAMP.read_text()) == wanted and comfyui_root().exists():
+            have = json.loads(STAMP.read_text())
+            if have == wanted and comfyui_root().exists():
+                _write_dev_pth()
+                return _venv_python()
+            if {**have, "dev_packages": wanted["dev_packages"]} == wanted and comfyui_root().exists():
+                # only the test tools changed: install them, keep the venv and the ComfyUI tree
+                _pip(_venv_python(), DEV_PACKAGES, "installing the test tools")
+                STAMP.write_text(json.dumps(wanted))
                 _write_dev_pth()
                 return _venv_python()
         except (json.JSONDecodeError, HostError):
