@@ -119,3 +119,24 @@ def test_help_documents_each_row(suite, capsys):
     text = capsys.readouterr().out
     for name in list(suite.inference.ROWS) + list(suite.training.METHODS) + ["--smoke", "--budget-minutes"]:
         assert name in text
+
+
+def test_commit_is_this_projects_own_or_unknown(suite, tmp_path, monkeypatch):
+    """The tree copied without .git inside another repository must not record that repository's id."""
+    import subprocess
+
+    monkeypatch.delenv("SELF_CASCADE_COMMIT", raising=False)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "f").write_text("x")
+    subprocess.run([*git, "-C", str(tmp_path), "add", "f"], check=True)
+    subprocess.run([*git, "-C", str(tmp_path), "commit", "-qm", "c"], check=True)
+    outer = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "--short", "HEAD"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    copy = tmp_path / "pack"  # a copy of the project without its .git, inside the other repository
+    copy.mkdir()
+    assert suite.runner.project_commit(copy) == "unknown"
+    assert suite.runner.project_commit(tmp_path).startswith(outer)  # its own toplevel: described
+    assert suite.runner.project_commit(tmp_path / "missing") == "unknown"
+    monkeypatch.setenv("SELF_CASCADE_COMMIT", "79ec1e2")
+    assert suite.runner.project_commit(copy) == "79ec1e2"

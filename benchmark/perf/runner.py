@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import shlex
 import subprocess
@@ -30,13 +31,28 @@ def _versions(device: pm.Device) -> dict:
         comfy = comfyui_version.__version__
     except ImportError:
         comfy = "unknown"
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
-                                text=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
     return dict(device_name=device.name(), torch=torch.__version__, cuda=torch.version.cuda, comfyui=comfy,
-                python=platform.python_version(), commit=commit)
+                python=platform.python_version(), commit=project_commit())
+
+
+def project_commit(repo: Path = REPO) -> str:
+    """This project's own commit: ``SELF_CASCADE_COMMIT`` (set by whoever copies the tree somewhere without
+    ``.git``), else ``git describe`` of ``repo`` when ``repo`` is itself the git toplevel (never the id of an
+    enclosing repository), else ``unknown``."""
+    env = os.environ.get("SELF_CASCADE_COMMIT", "").strip()
+    if env:
+        return env
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top).resolve() != Path(repo).resolve():
+            return "unknown"
+        return git("describe", "--always", "--dirty") or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 class Suite:
