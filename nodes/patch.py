@@ -150,7 +150,7 @@ class UpsamplerInjection:
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
             raise SelfCascadeError(f"'pivot' must be an image latent (B, C, H, W); got {shape}.")
         self._pivot = value
-        self._scaled: torch.Tensor | None = None
+        self._scaled: dict | None = None  # (device, dtype, size) -> scaled, resized pivot
 
     def install(self, model):
         """A clone of ``model`` with this injection as its (only) Self-Cascade DIFFUSION_MODEL wrapper."""
@@ -181,20 +181,31 @@ class UpsamplerInjection:
         self.dtype = next(patcher.model.parameters()).dtype
 
     def _pivot_for(self, x: torch.Tensor, n_chunks: int) -> torch.Tensor:
-        """The scaled pivot at half x's size (ceil), on x's device/dtype, batched like x."""
-        if self._scaled is None:
-            self._scaled = self._latent_in(self._pivot) if self._latent_in is not None else self._pivot
-        p = self._scaled.to(device=x.device, dtype=x.dtype)
+        """The scaled pivot at half x's size (ceil), on x's device/dtype, batched like x.
+
+        Kept per (device, dtype, size) so that a step moves and resizes nothing (no host copy per call)."""
         size = ((x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2)
-        if tuple(p.shape[-2:]) != size:
-            shrink = p.shape[-2] > size[0] or p.shape[-1] > size[1]
-            p = F.interpolate(p, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+        key = (x.device, x.dtype, size)
+        if self._scaled is None:
+            self._scaled = {}
+        p = self._scaled.get(key)
+        if p is None:
+            p = self._latent_in(self._pivot) if self._latent_in is not None else self._pivot
+            p = p.to(device=x.device, dtype=x.dtype)
+            if tuple(p.shape[-2:]) != size:
+                shrink = p.shape[-2] > size[0] or p.shape[-1] > size[1]
+                p = F.interpolate(p, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+            self._scaled[key] = p
         return pair_pivot(p, x.shape[0], n_chunks)
 
     def __call__(self, executor, x, timesteps, context, y, control, transformer_options, **kwargs):
-        on = timesteps > self._end_raw  # strict: at t == end_timestep the plain model runs (the official code's t > 100)
-        if self.strength == 0.0 or not bool(on.any()):
+        """Sync-free: no device->host read and no branch on tensor values, so a step can be captured in a
+        CUDA graph. Rows are gated on the device (``torch.where``): a row at or below ``end_timestep``
+        keeps h bit for bit; the pivot pass then runs for nothing, the price of not reading ``timesteps``."""
+        if self.strength == 0.0:  # a setting, not a value on the device
             return executor(x, timesteps, context, y, control, transformer_options, **kwargs)
+        # strict: at t == end_timestep the plain model runs (the official code's t > 100)
+        on = (timesteps > self._end_raw)[:, None, None, None]
         unet = executor.class_obj
         uset = self.upsamplers
         taps = uset.taps
@@ -210,22 +221,22 @@ class UpsamplerInjection:
             emb = model_emb(unet, x, timesteps, y, transformer_options)
             pivot = self._pivot_for(x, n_chunks)
             feats = pivot_features(unet, pivot, emb, context, taps, transformer_options, **kwargs)
-        gain = (self.strength * on.to(dtype))[:, None, None, None]
+        gain = self.strength * on.to(dtype)  # a tensor, as before: all-on rows stay bit-identical
         index = {t.block: i for i, t in enumerate(taps)}
 
-        def added(block) -> torch.Tensor:
+        def add(block, h: torch.Tensor) -> torch.Tensor:
             i = index[block]
-            return gain * uset(i, feats[i].to(dtype), emb.to(dtype))
+            return torch.where(on, h + _fit(gain * uset(i, feats[i].to(dtype), emb.to(dtype)), h), h)
 
         def after_skip(h: torch.Tensor, opts: dict) -> torch.Tensor:
             block = opts.get("block")
             if block in index and block[0] == "input":
-                h = h + _fit(added(block), h)
+                h = add(block, h)
             return h
 
         def before_concat(h: torch.Tensor, hsp: torch.Tensor, opts: dict):
             if opts.get("block") == ("output", 0) and ("middle", 0) in index:
-                h = h + _fit(added(("middle", 0)), h)
+                h = add(("middle", 0), h)
             return h, hsp
 
         opts: dict[str, Any] = dict(transformer_options)

@@ -184,8 +184,9 @@ def test_real_sampling_cfg_on_and_off_batch_and_non_square(mods, family, cfg):
     out = sample(patch.apply_upsamplers(model, uset, pivot, 1.0, 100.0), 6, 10, cfg, batch=2, sdxl=sdxl)
     assert out.shape == (2, 4, 6, 10) and torch.isfinite(out).all()
     chunks = 1 if cfg == 1.0 else 2
-    # euler/normal 3 steps on a 1000-step eps model: timesteps 999, ~500 (> 100) and ~0 (off)
-    assert len(calls) == 2 * len(uset.taps)
+    # euler/normal 3 steps on a 1000-step eps model: timesteps 999, ~500 (> 100) and ~0 (off). The set
+    # runs at every step (the gate is applied on the device, test_wrapper_reads_nothing_back_...)
+    assert len(calls) == 3 * len(uset.taps)
     # pivot 3x5 at tap /2: 2x3 (the tiny UNet's taps are all at /2), batch 2 per cond/uncond chunk
     assert all(shape[0] == 2 * chunks and shape[-2:] == (2, 3) for _, shape in calls)
     assert not torch.equal(out, sample(model, 6, 10, cfg, batch=2, sdxl=sdxl))
@@ -226,7 +227,7 @@ def test_composes_with_freeu_and_deep_shrink(mods, plain_sample, other):
         calls.clear()
         ours = lambda m: patch.apply_upsamplers(m, uset, pivot, 1.0, 100.0)  # noqa: E731
         out = sample(apply_other(ours(model)) if ours_first else ours(apply_other(model)))
-        assert torch.isfinite(out).all() and len(calls) == 2 * len(uset.taps), ours_first  # ours still active
+        assert torch.isfinite(out).all() and len(calls) == 3 * len(uset.taps), ours_first  # ours still active
         assert not torch.equal(out, only_other)
 
 
@@ -279,3 +280,45 @@ def test_pivot_batch_that_does_not_fit_cfg_is_an_error_not_a_mispairing(mods):
     calls = record_calls(uset)
     sample(patched, 8, 12, cfg=4.0, batch=2)
     assert all(shape[0] == 4 for _, shape in calls)
+
+
+class SyncCounter(torch.overrides.TorchFunctionMode):
+    """Counts the tensor methods that read a value back to the host (a device->host sync on a GPU and a
+    break in a CUDA graph capture). It runs on the CPU, so it counts calls rather than timing them."""
+
+    READS = {"__bool__", "item", "tolist", "nonzero", "__int__", "__float__", "__index__", "numpy"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.reads += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def count_reads(model, *args) -> tuple[int, torch.Tensor]:
+    with SyncCounter() as counter:
+        out = run_unet(model, *args)
+    return counter.reads, out
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_wrapper_reads_nothing_back_and_gates_each_row_on_the_device(mods, family):
+    """The per-call wrapper adds no host read to the UNet's own (so it can be captured), whether the gate
+    is all-on, all-off or mixed; a mixed batch keeps its off rows bit-identical to the plain model and its
+    on rows bit-identical to an all-on run."""
+    patch, _, _ = mods
+    sdxl = family == "sdxl"
+    model = BUILDERS[family](0)
+    uset = fresh_set(model, mods)
+    x, _, ctx, y, pivot = inputs(sdxl, 3, 8, 8)
+    t = torch.tensor([900.0, 50.0, 400.0])  # end 100: rows 0 and 2 on, row 1 off
+    plain_reads, plain = count_reads(model, x, t, ctx, y)
+    for end, want_on in ((100.0, [True, False, True]), (950.0, [False] * 3), (10.0, [True] * 3)):
+        reads, out = count_reads(patch.apply_upsamplers(model, uset, pivot, 1.5, end), x, t, ctx, y)
+        assert reads == plain_reads, end
+        _, all_on = count_reads(patch.apply_upsamplers(model, uset, pivot, 1.5, -1.0), x, t, ctx, y)
+        for row, on in enumerate(want_on):
+            assert torch.equal(out[row], all_on[row] if on else plain[row]), (end, row)
+            assert not torch.equal(all_on[row], plain[row])
