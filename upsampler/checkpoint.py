@@ -7,6 +7,7 @@ means one ``os.replace``: a crash can never pair new weights with an old step co
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -57,26 +58,88 @@ def current_umask() -> int:
     return mask
 
 
+class WriteFailedError(OSError):
+    """A file could not be written (disk full, I/O error, read-only folder). Nothing at the path
+    changed: the previous file, if any, is intact and no temp file is left. The message names the
+    path, the cause and what to do."""
+
+
+_OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors' Rust writer reports an OS error
+_ADVICE = {
+    errno.ENOSPC: "free space on that drive (or choose a folder on another drive)",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EROFS: "the folder is on a read-only file system: make it writable or choose another folder",
+    errno.EACCES: "make the folder writable for the user running ComfyUI, or choose another folder",
+    errno.EPERM: "make the folder writable for the user running ComfyUI, or choose another folder",
+    errno.EIO: "the drive reported an I/O error: check the drive (and its free space)",
+}
+
+
+def _os_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or of a writer error that wraps one (safetensors' 'os error 28')."""
+    if isinstance(exc, OSError):
+        return exc.errno or errno.EIO
+    m = _OS_ERROR.search(str(exc))
+    return int(m.group(1)) if m else None
+
+
+def _failed(path: str, exc: BaseException, code: int) -> WriteFailedError:
+    cause = os.strerror(code) if code else str(exc)
+    advice = _ADVICE.get(code, "check that the folder exists, is writable and has free space")
+    resume = (" A training run continues from its last checkpoint written before this one when you run it "
+              "again with resume on.") if path.endswith(CKPT_SUFFIX) else ""
+    return WriteFailedError(code, f"could not write '{path}': {cause}. The previous file there (if any) is "
+                                  f"unchanged and no partial file was left. To fix: {advice}, then run again.{resume}")
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make the rename itself durable (best effort: some file systems cannot fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` for a temp file in the same folder, fsync it, then ``os.replace``.
 
-    If ``write`` raises, the temp file is removed and an existing ``path`` is left untouched. The
-    file gets the mode a plain ``open(path, "w")`` would give (0o666 minus the umask), not
-    mkstemp's private 0o600, so a ComfyUI running as another user can read it.
+    The one path by which the pack writes files. If any stage fails (creating the temp file,
+    ``write``, chmod, fsync, the rename), the temp file is removed and an existing ``path`` is left
+    untouched; an OS-level failure (ENOSPC, EIO, a read-only folder; also safetensors' wrapped
+    'os error N') is raised as :class:`WriteFailedError` naming the path and what to do. The file
+    gets the mode a plain ``open(path, "w")`` would give (0o666 minus the umask), not mkstemp's
+    private 0o600, so a ComfyUI running as another user can read it.
     """
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    os.close(fd)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        os.close(fd)
         write(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        tmp = None
+    except Exception as exc:
+        code = _os_errno(exc)
+        if code is None or isinstance(exc, WriteFailedError):
+            raise
+        raise _failed(path, exc, code) from exc
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+    _fsync_folder(folder)
 
 
 @dataclass

@@ -52,9 +52,9 @@ def convert_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict") 
                                    end_timestep=100.0, scale=2.0, steps=0,
                                    extra={"source": os.path.basename(source)})
     ours = uset.state_dict()
-    mapped: dict[str, torch.Tensor] = {}
+    found: dict[str, tuple[str, torch.Tensor]] = {}
     ignored = []
-    for key, value in sd.items():
+    for key, value in sd.items():  # check every name, shape and dtype before copying anything
         m = _KEY.match(key)
         if not m:
             ignored.append(key)
@@ -66,14 +66,19 @@ def convert_state_dict(sd: dict[str, torch.Tensor], source: str = "state dict") 
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
             raise ValueError(f"{source}: tensor {key!r} has shape {shape}, expected {tuple(ours[new].shape)} "
                              "(is this the SDXL upsampler_only.pth?)")
-        mapped[new] = value.detach().float().contiguous()
-    missing = sorted(set(ours) - set(mapped))
+        if not value.is_floating_point():
+            raise ValueError(f"{source}: tensor {key!r} has dtype {value.dtype}, expected a floating-point weight "
+                             "(float32/16 or bfloat16); the file is not the SDXL upsampler_only.pth or is damaged")
+        found[new] = (key, value)
+    missing = sorted(set(ours) - set(found))
     if missing:
         raise ValueError(f"{source}: {len(missing)} of {len(ours)} upsampler tensors missing, e.g. "
                          f"{missing[:3]} ({len(ignored)} keys without 'feature_upsampler' were ignored)")
-    for k, v in mapped.items():
-        if not torch.isfinite(v).all():
-            raise ValueError(f"{source}: tensor {k!r} contains NaN or Inf")
+    mapped: dict[str, torch.Tensor] = {}
+    for new, (key, value) in found.items():
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{source}: tensor {key!r} contains NaN or Inf")
+        mapped[new] = value.detach().float().contiguous()
     uset.load_state_dict(mapped, assign=True)
     return uset
 
@@ -154,7 +159,7 @@ def load_official_cached(path: str) -> tuple[UpsamplerSet, bool]:
     uset = load_official_pth(path)
     try:
         save_upsamplers(cache, uset)
-    except OSError as e:  # read-only folder: still usable, converted again next time
+    except OSError as e:  # full disk, I/O error, read-only folder (WriteFailedError): usable, converted again next time
         logger.warning("Self-Cascade: could not cache the converted set as %s (%s); it is converted in memory "
                        "on every load", cache, e)
     return uset, True
