@@ -18,6 +18,9 @@ on the weights; nothing is downloaded). Latents only (no VAE, no text encoder). 
 {training}
    Columns: trainable parameters, seconds per step, speed-up and memory ratio vs full fine-tuning.
 
+``--profile``: one more, profiled run of every inference row (torch.profiler): the GPU's busy time and idle
+share per row, and per sampling call its wall time, UNet calls and ms per call (profile.txt, results.json).
+
 Robustness: a warm-up run before each timed row; each row runs in its own try/except that records the
 error in the table and goes on (``--smoke`` and ``--strict`` raise instead); results are rewritten after
 every row. ``--budget-minutes``: every row is estimated first (FLOP count x measured throughput); the most
@@ -85,6 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override both models' base size (a CPU check of the real-size layouts at small sizes)")
     p.add_argument("--budget-minutes", type=float, default=7.0,
                    help="time budget of the whole suite (model builds included); rows dropped/skipped to fit")
+    p.add_argument("--profile", action="store_true",
+                   help="inference rows: one more, profiled run each (torch.profiler): wall time, GPU busy time and "
+                        "idle share per row; per sampling call its wall time, UNet calls and ms per call "
+                        "(written to profile.txt and results.json; on the CPU the GPU time is 0)")
     p.add_argument("--threads", type=int, default=1, help="CPU torch threads (smoke / --device cpu)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="inference weights (default bf16 on CUDA, fp32 on the CPU)")

@@ -140,3 +140,32 @@ def test_commit_is_this_projects_own_or_unknown(suite, tmp_path, monkeypatch):
     assert suite.runner.project_commit(tmp_path / "missing") == "unknown"
     monkeypatch.setenv("SELF_CASCADE_COMMIT", "79ec1e2")
     assert suite.runner.project_commit(copy) == "79ec1e2"
+
+
+def test_profile_records_busy_idle_and_each_sampling_call(suite, tmp_path):
+    """--profile on the CPU: no device activity (busy 0, idle 100%), and one record per sampling call whose
+    UNet calls are the row's own per latent side; the profiler really ran (host operators recorded)."""
+    res = _main(suite, ["--smoke", "--families", "sd15", "--sections", "inference", "--rows", "direct,tf_cascade,t_light",
+                        "--profile", "--out", str(tmp_path)])
+    rows = {r["name"]: r for r in res["inference"]["sd15"]}
+    for name, r in rows.items():
+        p = r["profile"]
+        assert p["device_busy_s"] == 0.0 and p["idle_share"] == 1.0 and p["wall_s"] == r["wall_s"]
+        assert p["host_ops"] and p["profiled_wall_s"] > 0 and p["device_kernels"] == []
+        by_latent = {f"{c['latent'][0]}x{c['latent'][1]}": c["unet_calls"] for c in p["sampling_calls"]}
+        assert by_latent == r["calls_by_side"], (name, by_latent)
+        assert sum(c["wall_s"] for c in p["sampling_calls"]) <= r["wall_s"]
+        for c in p["sampling_calls"]:
+            assert c["ms_per_call"] == pytest.approx(1000 * c["wall_s"] / c["unet_calls"])
+    assert [c["fn"] for c in rows["direct"]["profile"]["sampling_calls"]] == ["sample"]
+    assert [c["fn"] for c in rows["tf_cascade"]["profile"]["sampling_calls"]] == ["sample", "sample_custom", "sample_custom"]
+    text = (tmp_path / "profile.txt").read_text()
+    assert "=== sd15 tf_cascade" in text and "sample_custom latent (16, 16)" in text
+    assert "| tf_cascade |" in (tmp_path / "table.md").read_text().split("Profile (`--profile`")[1]
+
+
+def test_union_of_device_intervals_counts_overlaps_once(suite):
+    union = suite.runner.profiling.union_seconds
+    assert union([]) == 0.0
+    assert union([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4.0
+    assert union([(4, 5), (0, 1)]) == 2.0

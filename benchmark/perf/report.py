@@ -64,6 +64,23 @@ def _status(r: dict) -> str:
     return s if s == "done" else f"**{s}**: {r.get('note') or r.get('error', '')}"
 
 
+def _profile_rows(rows: list[dict]) -> list[str]:
+    """``--profile``: per row the GPU's busy time and idle share; per sampling call s, UNet calls, ms/call."""
+    prof = [r for r in rows if r.get("profile")]
+    if not prof:
+        return []
+    out = ["", "Profile (`--profile`; details in profile.txt): GPU busy = union of the device's kernel and copy "
+           "intervals in a profiled run of the row; idle = 1 - busy / wall (wall of the timed run).", "",
+           "| row | wall s | GPU busy s | idle | per sampling call: latent, s, UNet calls, ms/call |", "|---|---|---|---|---|"]
+    for r in prof:
+        p = r["profile"]
+        calls = "; ".join(f"{c['latent'][0]}x{c['latent'][1]}: {c['wall_s']:.3f} s, {c['unet_calls']}, "
+                          f"{c['ms_per_call']:.1f}" for c in p["sampling_calls"])
+        out.append(f"| {r['name']} | {p['wall_s']:.3f} | {p['device_busy_s']:.3f} | {100 * p['idle_share']:.1f}% | "
+                   f"{calls} |")
+    return out
+
+
 def table(res: dict) -> str:
     m = res["meta"]
     out = []
@@ -95,6 +112,7 @@ def table(res: dict) -> str:
             out.append(f"| {r['name']} | {_f(r.get('wall_s'))} | {_f(r.get('ratio'))} | {r.get('calls', '')} "
                        f"({calls}) | {_f(r.get('ideal_flops'))} | {_f(r.get('ideal_time'))} | "
                        f"{_f(r.get('peak_mib'), '.0f')} | {_f(r.get('mem_ratio'))} | {_status(r)} |")
+        out += _profile_rows(rows)
         out += ["", "| latent side | GFLOP per UNet call (batch 2) | measured s per call |", "|---|---|---|"]
         for side, fl in fi["flops"].items():
             out.append(f"| {side} | {fl / 1e9:.1f} | {_f(fi['seconds_per_call'].get(side), '.4f')} |")

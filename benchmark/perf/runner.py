@@ -16,10 +16,12 @@ import time
 import traceback
 from pathlib import Path
 
-from . import budget, inference, overhead, report, training
+from . import budget, inference, overhead, profiling, report, training
 from . import models as pm
 
 REPO = Path(__file__).resolve().parent.parent.parent
+#: a profiled run's cost in timed runs (the profiler's own host overhead on launch-bound stages)
+PROFILE_COST = 1.5
 FAMILIES = {"sd15": ("sd15", "quick", "SD1.5"), "sdxl": ("sdxl", "tiny_sdxl", "SDXL")}  # real, smoke, label
 
 
@@ -111,6 +113,8 @@ class Suite:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(self.res, indent=1, default=str) + "\n")
         (out / "table.md").write_text(report.table(self.res))
+        if self.args.profile:
+            (out / "profile.txt").write_text(profiling.text(self.res))
 
 
 def families(args) -> dict[str, dict]:
@@ -163,8 +167,9 @@ def prepare(suite: Suite, fams: dict, sections: set[str], methods: list[str], tr
                     continue
                 per = sum(n * estimator.call(fi["flops"][f"{k}x{k}"]) for k, n in calls.items())
                 factor = 1.1 if name.startswith("t_") else 1.0
-                est.append(budget.Item(f"inference/{fam}/{name}", f"inference/{fam}",
-                                       per * factor * (args.repeats + 2 / args.steps), reference=name == "direct"))
+                runs = args.repeats + 2 / args.steps + (PROFILE_COST if args.profile else 0.0)
+                est.append(budget.Item(f"inference/{fam}/{name}", f"inference/{fam}", per * factor * runs,
+                                       reference=name == "direct"))
         if "overhead" in sections:
             for side in sides[1:]:
                 per = estimator.call(fi["flops"][f"{side}x{side}"])
@@ -194,7 +199,16 @@ def run_inference(suite: Suite, fam: str, fi: dict, b: inference.Bench) -> None:
 
     def one(name: str) -> dict:
         inference.ROWS[name][0](b.with_steps(2))  # warm-up
-        return inference.median_of(lambda: inference.run_row(b, name, meter, dev), args.repeats)
+        if not args.profile:
+            return inference.median_of(lambda: inference.run_row(b, name, meter, dev), args.repeats)
+        runs = []
+        for _ in range(args.repeats):
+            with profiling.sampling_calls(meter, dev) as calls:
+                runs.append(dict(inference.run_row(b, name, meter, dev), sampling_calls=calls))
+        r = inference.median_run(runs)
+        p = profiling.profiled_run(lambda: inference.ROWS[name][0](b), dev)
+        r["profile"] = profiling.row_profile(r["wall_s"], r.pop("sampling_calls"), p)
+        return r
 
     try:
         for name in args.rows:
