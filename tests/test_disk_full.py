@@ -149,16 +149,27 @@ def test_checkpoint_write_failure_names_resume(ck, tmp_path, monkeypatch, stage)
     assert [p.name for p in tmp_path.iterdir()] == ["run.ckpt.safetensors"]
 
 
-def test_official_cache_on_a_full_disk_still_loads(pack, tmp_path, monkeypatch, caplog):
-    """The converted .pth cache cannot be written (disk full before the temp file exists): the set is
-    returned converted in memory, a warning names the cache path, nothing is left beside the .pth."""
+@pytest.mark.parametrize("stage", ["mkstemp", "safetensors"])
+def test_official_cache_on_a_full_disk_still_loads(pack, tmp_path, monkeypatch, caplog, stage):
+    """The converted .pth cache cannot be written (disk full when the temp file is made, or inside
+    safetensors' writer, which reports 'os error 28'): the set is returned converted in memory, a
+    warning names the cache path, nothing is left beside the .pth."""
+    import safetensors
+    import safetensors.torch
     from self_cascade.upsampler import convert
     from test_convert import synthetic_official
 
     pth = tmp_path / "upsampler_only.pth"
     torch.save(synthetic_official(random_first=False), pth)
+
+    def full(*_a, **_k):
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
     with monkeypatch.context() as m:
-        _fail_at(m, "mkstemp", errno.ENOSPC)
+        if stage == "mkstemp":
+            _fail_at(m, "mkstemp", errno.ENOSPC)
+        else:
+            m.setattr(safetensors.torch, "save_file", full)
         uset, converted = convert.load_official_cached(str(pth))
     assert converted and uset.info.variant == "official"
     assert [p.name for p in tmp_path.iterdir()] == ["upsampler_only.pth"]
