@@ -48,13 +48,29 @@ class StageSettings:
         return dataclasses.replace(self, **changes)
 
 
+def shared_bar_callback(model, pbar, offset: int):
+    """A sampler callback that moves ``pbar`` (one bar over several stages) to ``offset`` + the step done,
+    with the same latent previews as ``latent_preview.prepare_callback``."""
+    import latent_preview
+
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def callback(step, x0, x, total_steps):
+        preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
+        pbar.update_absolute(offset + step + 1, pbar.total, preview)
+
+    return callback
+
+
 def cascade_stage(model, positive, negative, latent: dict, settings: StageSettings, upsamplers=None, *,
-                  disable_pbar: bool = False) -> dict:
+                  disable_pbar: bool = False, progress: tuple[object, int] | None = None) -> dict:
     """The whole stage as the node runs it; returns the new LATENT dict. Mutates neither model nor latent.
 
     pivot = up(z0_prev); z_K = Eq. 6 at sigma_K (ComfyUI's own ``noise_scaling`` at sigmas[0]);
     then the sampler denoises over the schedule's part from K to 0. With ``upsamplers`` the model is
     a patched clone whose UNet features get the upsampled pivot features added (the tuned stage).
+    ``progress`` = (a ``comfy.utils.ProgressBar`` over several stages, the steps done before this stage):
+    the sampler reports there instead of on a bar of its own.
     """
     import comfy.sample
     import comfy.samplers
@@ -77,7 +93,10 @@ def cascade_stage(model, positive, negative, latent: dict, settings: StageSettin
         model = apply_upsamplers(model, upsamplers, samples, s.strength, s.end_timestep)
     logger.info("Self-Cascade stage: %s -> %s, K=%g (sigma %.4f), %d of %d steps executed",
                 tuple(samples.shape[-2:]), tuple(pivot_latent.shape[-2:]), s.K, sigma_k, len(sigmas) - 1, s.steps)
-    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+    if progress is None:
+        callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+    else:
+        callback = shared_bar_callback(model, *progress)
     out_samples = comfy.sample.sample_custom(model, noise, s.cfg, comfy.samplers.sampler_object(s.sampler_name),
                                              sigmas, positive, negative, pivot_latent, callback=callback,
                                              disable_pbar=disable_pbar, seed=s.seed)

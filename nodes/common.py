@@ -9,19 +9,21 @@ from comfy_api.latest import io
 
 from ..upsampler.modules import DEFAULT_END_TIMESTEP
 from ..upsampler.renoise import DEFAULT_K, T_STEPS
+from .compat import core_sampling_category
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CATEGORY", "DEFAULT_END_TIMESTEP", "DEFAULT_K", "END_TIMESTEP_MAX", "K_MAX", "K_MIN", "K_TOOLTIP",
-           "LATENT_CELL", "MODEL_FOLDER", "PACK_KEY", "SCALE_MAX", "SEED_MAX", "SEED_TOOLTIP", "STEPS_MAX",
+           "LATENT_CELL", "MODEL_FOLDER", "PACK_KEY", "SCALE_MAX", "SEED_MAX", "SIZE_MAX", "SEED_TOOLTIP", "STEPS_MAX",
            "STEPS_TOOLTIP", "STRENGTH_MAX", "SelfCascadeError", "T_STEPS", "Upsamplers", "model_folder_path",
            "register_model_folder"]
 
 #: One key for every wrapper, callback and attachment the pack puts on a ModelPatcher, so that
 #: applying a node twice replaces (never stacks) and others can find or remove our patches.
 PACK_KEY = "self_cascade"
-#: Node category root (lowercase, hierarchical).
-CATEGORY = "sampling/self_cascade"
+#: Node category root (lowercase, hierarchical), next to core's KSampler: "sampling/self_cascade" on
+#: ComfyUI 0.3.75, "model/sampling/self_cascade" where core's menus moved under model/ (nodes/compat.py).
+CATEGORY = f"{core_sampling_category()}/self_cascade"
 #: Folder under ComfyUI's models directory where trained upsampler sets live.
 MODEL_FOLDER = "self_cascade"
 MODEL_EXTENSIONS = {".safetensors"}
@@ -36,6 +38,8 @@ END_TIMESTEP_MAX = float(T_STEPS)
 #: Weight of the upsampled pivot features (1 = as trained).
 STRENGTH_MAX = 4.0
 SCALE_MAX = 8.0
+#: Largest image side in pixels of every width/height widget.
+SIZE_MAX = 16384
 STEPS_MAX = 10000
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 

@@ -8,7 +8,8 @@ from comfy_api.latest import io
 
 from ..upsampler.pivot import UPSCALE_METHODS, resize_latent
 from .checks import check_choice, check_latent, pivot_size
-from .common import CATEGORY, SCALE_MAX
+from .common import CATEGORY, SCALE_MAX, SIZE_MAX
+from .compat import advanced, schema
 
 logger = logging.getLogger(__name__)
 
@@ -42,21 +43,25 @@ class SelfCascadePivotUpsample(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
+        return schema(
             node_id="SelfCascadePivotUpsample",
             display_name="Self-Cascade Pivot Upsample",
             category=CATEGORY,
-            description="Upsample a finished latent to the next cascade stage's size (the 'pivot'). "
-                        "Keeps the original latent inside the LATENT so the tuned patch can use it.",
+            search_aliases=["upscale latent", "resize latent", "pivot"],
+            description="Enlarges a finished latent to the next stage's size: the first step of a Self-Cascade "
+                        "stage built by hand (then Renoise and SamplerCustom; Self-Cascade Stage does all three). "
+                        "The enlarged latent is the paper's 'pivot' up(z0) (Eq. 6); the original travels inside "
+                        "the LATENT so the tuned patch (Apply Upsamplers) can use it.",
             inputs=[
                 io.Latent.Input("latent", tooltip="The finished latent of the previous stage (e.g. a KSampler output)."),
                 io.Float.Input("scale", default=2.0, min=1.0, max=SCALE_MAX, step=0.01,
                                tooltip="Factor per side (2.0 = 4x the pixels, the paper's stage). Ignored when width and height are set."),
                 io.Combo.Input("upscale_method", options=list(UPSCALE_METHODS), default="bicubic",
-                               tooltip="bicubic: official code; bilinear: the paper; nearest-exact and area for comparison."),
-                io.Int.Input("width", default=0, min=0, max=16384, step=8,
+                               tooltip="bicubic: official code; bilinear: the paper; nearest-exact and area for comparison.",
+                               **advanced(io.Combo.Input)),
+                io.Int.Input("width", default=0, min=0, max=SIZE_MAX, step=8,
                              tooltip="Explicit target width in pixels (multiple of 8). 0 = use scale."),
-                io.Int.Input("height", default=0, min=0, max=16384, step=8,
+                io.Int.Input("height", default=0, min=0, max=SIZE_MAX, step=8,
                              tooltip="Explicit target height in pixels (multiple of 8). 0 = use scale."),
             ],
             outputs=[io.Latent.Output(display_name="pivot", tooltip="The upsampled latent, with the original kept for the tuned patch.")],

@@ -24,11 +24,23 @@ timestep, about 0.3% in sigma below index 700). Both sides are kept as they were
 """
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
 
-from ..upsampler.renoise import T_STEPS, remaining_sigmas
+from ..upsampler.renoise import T_STEPS, remaining_sigmas, signal_to_noise
 
-__all__ = ["T_STEPS", "cascade_sigmas", "model_sampling_of", "model_timestep", "schedule_sigma", "timestep_sigma"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["K_MODES", "T_STEPS", "cascade_sigmas", "equal_snr_k", "model_sampling_of", "model_timestep",
+           "resolve_k", "schedule_sigma", "timestep_sigma"]
+
+#: How a node reads its K: "fixed" = on the connected model's own schedule (as always); "auto" = in
+#: SD1.x's units, converted to the connected model's K with the same pivot signal-to-noise.
+K_MODES = ("fixed", "auto")
+#: Bisection steps of :func:`equal_snr_k` (the interval 0..1000 halves each time: 50 steps reach 1e-12).
+_BISECT_STEPS = 50
 
 
 def model_sampling_of(model):
@@ -87,3 +99,52 @@ def cascade_sigmas(model, k: float, steps: int, scheduler: str) -> tuple[float, 
     sigma_k = schedule_sigma(ms, k)
     full = comfy.samplers.calculate_sigmas(ms, scheduler, int(steps))
     return sigma_k, remaining_sigmas(full, sigma_k)
+
+
+@functools.lru_cache(maxsize=1)
+def _sd1_sampling():
+    """SD1.x's schedule (ComfyUI's ModelSamplingDiscrete defaults: scaled-linear betas 0.00085..0.012, eps)."""
+    from comfy.model_sampling import EPS, ModelSamplingDiscrete
+
+    class SD1Sampling(ModelSamplingDiscrete, EPS):
+        pass
+
+    return SD1Sampling()
+
+
+def equal_snr_k(model_sampling, k: float, reference=None) -> float:
+    """The K whose pivot signal-to-noise on ``model_sampling`` equals ``reference``'s at ``k`` (SD1.x by default).
+
+    Both sides map K through their own schedule (:func:`schedule_sigma`, as the stage does) and measure
+    Eq. 6's SNR with the model's own ``noise_scaling`` (``upsampler.renoise.signal_to_noise``). SNR falls
+    as K grows on every schedule, so a bisection over (0, 1000) finds it; rounded to 0.01.
+    """
+    reference = _sd1_sampling() if reference is None else reference
+    target = signal_to_noise(reference, schedule_sigma(reference, k))
+    lo, hi = 0.0, float(T_STEPS)
+    for _ in range(_BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        if signal_to_noise(model_sampling, schedule_sigma(model_sampling, mid)) > target:
+            lo = mid
+        else:
+            hi = mid
+    return round(0.5 * (lo + hi), 2)
+
+
+def resolve_k(model, k: float, mode: str, name: str = "K") -> float:
+    """The K a node uses: ``k`` itself ("fixed") or :func:`equal_snr_k` on the model ("auto"), logged.
+
+    ``k`` is assumed checked (``nodes/checks.py``); the converted K is kept inside the widget range 1..999.
+    """
+    from .checks import check_choice
+
+    if check_choice(mode, K_MODES, f"{name}_mode" if name == "K" else "K_mode") == "fixed":
+        return float(k)
+    auto = equal_snr_k(model_sampling_of(model), k)
+    used = min(max(auto, 1.0), float(T_STEPS - 1))
+    if used != auto:
+        logger.warning("Self-Cascade: %s = %g (auto) needs %g on this model, outside 1..%d; using %g.",
+                       name, k, auto, T_STEPS - 1, used)
+    logger.info("Self-Cascade: %s = %g in SD1.x units (K_mode auto) -> %g on this model's schedule (same pivot "
+                "signal-to-noise).", name, k, used)
+    return used

@@ -213,3 +213,62 @@ def test_one_time_mapping_k_gate_and_training_agree(pack, name):
         for t in ts.tolist():
             assert schedule_sigma(ms, t) == pytest.approx(float(ms.sigma(torch.tensor(t * 999 / 1000))), rel=1e-6)
             assert schedule_sigma(ms, t) < float(timestep_sigma(ms, t))
+
+
+#: K_mode auto on each family the tests build (and FLUX.1 from ComfyUI's own class: no tiny Flux model here),
+#: with the equal-SNR K that docs/TUNING_FREE.md lists (best integer K) for K = 700 in SD1.x units.
+AUTO_K_700 = {"tiny_sd15": 700, "tiny_sd21v": 700, "tiny_sdxl": 700, "tiny_flow": 526, "tiny_wan21": 294,
+              "flux_dev_class": 513, "flux_schnell_class": 550}
+
+
+def _auto_family(name: str):
+    import comfy.model_sampling as cms
+    import comfy.supported_models as sm
+
+    if not name.endswith("_class"):
+        return getattr(tiny_models, name)(seed=0).get_model_object("model_sampling")
+
+    class Flux(cms.ModelSamplingFlux, cms.CONST):
+        pass
+
+    return Flux(sm.FluxSchnell({}) if "schnell" in name else sm.Flux({}))
+
+
+def _independent_snr(ms, k: float) -> float:
+    """SNR at K from the family's own formula: eps/v x0 + sigma eps -> 1/sigma^2; flow (1-s) x0 + s eps."""
+    import comfy.model_sampling as cms
+    from self_cascade.nodes.timesteps import schedule_sigma
+
+    s = schedule_sigma(ms, k)
+    return ((1 - s) / s) ** 2 if isinstance(ms, cms.CONST) else 1 / s ** 2
+
+
+@pytest.mark.parametrize("name", list(AUTO_K_700))
+def test_auto_k_has_sds_pivot_snr_on_each_family(pack, name):
+    """The converted K re-noises the pivot to SD's SNR at t=700 (0.090, from SD's own betas here) on the model's
+    own schedule; its integer is the documented value; a lower K in SD units stays lower after conversion."""
+    from self_cascade.nodes.timesteps import equal_snr_k
+
+    ms = _auto_family(name)
+    k = equal_snr_k(ms, 700.0)
+    abar = _independent_abar()
+    sd_snr = float(abar[699] / (1 - abar[699]))  # 0.090: SD at K = 700 (ComfyUI's index 699.3, within 0.3%)
+    assert abs(sd_snr - 0.090) < 0.001
+    assert _independent_snr(ms, k) == pytest.approx(sd_snr, rel=0.005), (name, k)
+    assert round(k) == AUTO_K_700[name], (name, k)
+    assert equal_snr_k(ms, 600.0) < k
+
+
+def test_renoise_node_k_mode(pack):
+    """Renoise with K_mode auto equals Renoise at the converted K (flow, shift 3), and fixed keeps K as given."""
+    from self_cascade.nodes.renoise import SelfCascadeRenoise
+    from self_cascade.nodes.timesteps import equal_snr_k
+
+    flow = tiny_models.tiny_flow(seed=0)
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))}
+    k = equal_snr_k(flow.get_model_object("model_sampling"), 700.0)
+    auto = SelfCascadeRenoise.execute(flow, latent, 700.0, 3, 20, "normal", K_mode="auto").result
+    at_k = SelfCascadeRenoise.execute(flow, latent, k, 3, 20, "normal").result
+    fixed = SelfCascadeRenoise.execute(flow, latent, 700.0, 3, 20, "normal", K_mode="fixed").result
+    assert torch.equal(auto[0]["samples"], at_k[0]["samples"]) and torch.equal(auto[1], at_k[1])
+    assert auto[1][0] < fixed[1][0], "auto must start lower in sigma than K=700 on a flow model"

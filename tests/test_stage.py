@@ -1,6 +1,7 @@
 """SelfCascadeStage / cascade_stage: the whole tuning-free stage on tiny real models, in-process and on the server."""
 from __future__ import annotations
 
+import logging
 import sys
 import types
 
@@ -204,7 +205,8 @@ def test_stage_node_schema_tooltips(pack):
     schema = SelfCascadeStage.define_schema()
     names = [i.id for i in schema.inputs]
     assert names == ["model", "positive", "negative", "latent", "scale", "upscale_method", "seed", "steps", "cfg",
-                     "sampler_name", "scheduler", "K", "upsamplers", "strength", "end_timestep", "width", "height"]
+                     "sampler_name", "scheduler", "K", "upsamplers", "strength", "end_timestep", "width", "height",
+                     "K_mode"]
     steps = next(i for i in schema.inputs if i.id == "steps")
     assert "WHOLE schedule" in steps.tooltip and "denoise" in steps.tooltip
     assert all(i.tooltip for i in schema.inputs)
@@ -257,3 +259,34 @@ def test_stage_with_real_upsamplers(pack, tiny_model, cond):
     assert tuned.shape == plain.shape == (1, 4, 8, 12) and torch.isfinite(tuned).all()
     assert (tuned - plain).abs().max() > 1e-3, "the upsamplers had no effect"
     assert repr(tiny_model.model_options) == opts
+
+
+def _stage_node(model, cond, latent, **over):
+    """The Stage node's own execute (its K_mode handling included), as ComfyUI calls it with these inputs."""
+    from self_cascade.nodes.stage import SelfCascadeStage
+
+    inputs = dict(scale=2.0, upscale_method="bicubic", seed=5, steps=8, cfg=2.0, sampler_name="euler",
+                  scheduler="normal", K=700.0)
+    inputs.update(over)
+    return SelfCascadeStage.execute(model, cond, cond, latent, **inputs).result[0]["samples"]
+
+
+def test_k_mode_auto_on_the_stage_node(pack, cond, caplog):
+    """K_mode auto: on SD1.x's schedule it is the old stage bit for bit; on a flow model (SD3's shift 3) it runs
+    exactly the fixed stage at the equal-SNR K (525.7), not at 700, and logs the K it used."""
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.timesteps import equal_snr_k
+
+    base = {"samples": torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(2))}
+    sd = tiny_models.tiny_sd15(seed=0)
+    assert torch.equal(_stage_node(sd, cond, base, K_mode="auto"), _stage_node(sd, cond, base))
+    flow = tiny_models.tiny_flow(seed=0)
+    k = equal_snr_k(flow.get_model_object("model_sampling"), 700.0)
+    assert k == pytest.approx(525.7, abs=0.05)
+    with caplog.at_level(logging.INFO, logger="self_cascade.nodes.timesteps"):
+        auto = _stage_node(flow, cond, base, K_mode="auto")
+    assert f"-> {k:g} on this model" in caplog.text, caplog.text
+    assert torch.equal(auto, _stage_node(flow, cond, base, K=k))
+    assert not torch.allclose(auto, _stage_node(flow, cond, base))
+    with pytest.raises(SelfCascadeError, match="'K_mode'"):
+        _stage_node(flow, cond, base, K_mode="equal")

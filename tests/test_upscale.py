@@ -88,21 +88,24 @@ def test_bad_upsamplers_fail_before_any_sampling(pack, tiny_model, cond, monkeyp
         _upscale(tiny_model, cond, _base(), upsamplers="not a set", strength=-1.0)
 
 
-def test_progress_per_stage_and_cancel_between_stages(pack, tiny_model, cond, monkeypatch):
-    """The sampler reports its steps; after each stage the node's own bar reports (stage, stages). An interrupt
-    raised between stages stops the node before the next stage samples."""
+def test_one_progress_bar_over_every_stage_and_cancel_between_stages(pack, tiny_model, cond, monkeypatch):
+    """One bar: every report is (steps done so far, executed steps of all stages), rising by one per sampler
+    step from 1 to the total (never back to 1 at the next stage). An interrupt raised between stages stops
+    the node before the next stage samples."""
     import comfy.model_management
     import comfy.utils
     from self_cascade.nodes import upscale as upscale_mod
+    from self_cascade.nodes.timesteps import cascade_sigmas
 
+    per_stage = len(cascade_sigmas(tiny_model, SAMPLING["K"], SAMPLING["steps"], SAMPLING["scheduler"])[1]) - 1
+    total = per_stage * len(PLAN)
     seen = []
     old = comfy.utils.PROGRESS_BAR_HOOK
     try:
         comfy.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: seen.append((v, t)))
-        _upscale(tiny_model, cond, _base())
-        stage_marks = [i for i, (v, t) in enumerate(seen) if t == len(PLAN)]
-        assert [seen[i] for i in stage_marks] == [(1, 2), (2, 2)], seen
-        assert stage_marks[1] == len(seen) - 1 and stage_marks[0] > 0, "stage marks must follow each stage's steps"
+        _, _, plan = _upscale(tiny_model, cond, _base())
+        assert seen == [(v, total) for v in range(1, total + 1)], seen
+        assert f"{total} steps executed" in plan, plan
 
         real = upscale_mod.cascade_stage
         ran = []
@@ -148,7 +151,12 @@ def test_node_schema(pack):
         assert mine.default == stage[name].default, name
     assert [o.is_output_list for o in s.outputs] == [False, True, False]
     ids = [i.id for i in SelfCascadeStage.define_schema().inputs]
-    assert ids[-2:] == ["width", "height"] and stage["width"].optional and stage["width"].default == 0
+    assert ids[-3:] == ["width", "height", "K_mode"] and stage["width"].optional and stage["width"].default == 0
+    # new inputs come last and optional, with defaults that keep old prompts and saved widget values unchanged
+    new = {i.id: i for i in s.inputs[-3:]}
+    assert list(new) == ["K_mode", "K_later", "crop"] and all(i.optional for i in new.values())
+    assert (new["K_mode"].default, new["K_later"].default, new["crop"].default) == ("fixed", 0.0, "disabled")
+    assert new["crop"].options == ["disabled", "center"] and stage["K_mode"].options == ["fixed", "auto"]
 
 
 def _prompt(ckpt: str) -> dict:
@@ -204,3 +212,81 @@ def test_upscale_through_the_server(comfy_server, client, tiny_checkpoint):
     assert torch.equal(plan_stage, stages[0]), "Stage driven by Stage Plan's first size != the node's first stage"
     (old,) = saved("13")
     assert tuple(old.shape) == (1, 4, 12, 8) and torch.isfinite(old).all()
+
+
+def test_k_later_and_k_mode(pack, tiny_model, cond):
+    """K_later runs the stages after the first at their own K (equal to chaining Stages with K then K_later);
+    K_mode auto on SD1.x's schedule keeps both Ks; the plan names the Ks and the executed steps."""
+    from self_cascade.nodes.cascade import StageSettings
+    from self_cascade.nodes.upscale import upscale
+
+    base = _base()
+    final, stages, plan = upscale(tiny_model, cond, cond, base, StageSettings(**SAMPLING), TARGET, k_later=500.0,
+                                  disable_pbar=True)
+    chain = base
+    for i, ((w, h), k) in enumerate(zip(PLAN, (700.0, 500.0), strict=True)):
+        chain = run_stage(tiny_model, cond, cond, chain, **{**SAMPLING, "seed": SAMPLING["seed"] + i, "K": k},
+                          width=w, height=h)
+        assert torch.equal(chain["samples"], stages[i]["samples"]), i
+    same_k, _, _ = _upscale(tiny_model, cond, base)
+    assert not torch.equal(same_k["samples"], final["samples"])
+    assert "K 700, later stages K 500" in plan, plan
+    auto, _, auto_plan = upscale(tiny_model, cond, cond, base, StageSettings(**SAMPLING), TARGET, k_later=500.0,
+                                 k_mode="auto", disable_pbar=True)
+    assert torch.equal(auto["samples"], final["samples"]), "700/500 auto on SD1.x's own schedule = fixed"
+    assert "(K_mode auto from 700/500 in SD1.x units)" in auto_plan, auto_plan
+
+
+def test_k_later_auto_converts_on_a_flow_model(pack, cond):
+    from self_cascade.nodes.cascade import StageSettings
+    from self_cascade.nodes.timesteps import equal_snr_k
+    from self_cascade.nodes.upscale import upscale
+
+    flow = tiny_models.tiny_flow(seed=0)
+    ms = flow.get_model_object("model_sampling")
+    _, _, plan = upscale(flow, cond, cond, _base(), StageSettings(**SAMPLING), TARGET, k_later=600.0,
+                         k_mode="auto", disable_pbar=True)
+    k1, k2 = equal_snr_k(ms, 700.0), equal_snr_k(ms, 600.0)
+    assert round(k1) == 526 and k2 < k1 and f"K {k1:g}, later stages K {k2:g}" in plan, plan
+
+
+@pytest.mark.parametrize("base_shape, target, kept, cut", [
+    ((1, 4, 8, 8), (200, 120), (4, 8), "32 px of height"),  # 64x64 -> 200x120: the issue's example
+    ((1, 4, 16, 16), (256, 144), (8, 16), "64 px of height"),  # square -> 16:9 (as 1024^2 -> 3840x2160)
+    ((1, 4, 6, 4), (40, 120), (6, 2), "16 px of width"),
+])
+def test_crop_center_cuts_the_base_to_the_target_aspect(pack, tiny_model, cond, base_shape, target, kept, cut):
+    """crop center: the base's middle (ComfyUI's common_upscale rule) is the first stage's input, so the final
+    latent equals running the uncropped plan on that cut by hand; the plan says what was cut."""
+    import comfy.utils
+    from self_cascade.nodes.cascade import StageSettings
+    from self_cascade.nodes.upscale import upscale
+
+    base = _base(shape=base_shape)
+    final, stages, plan = upscale(tiny_model, cond, cond, base, StageSettings(**SAMPLING), target, crop="center",
+                                  disable_pbar=True)
+    core = comfy.utils.common_upscale(base["samples"], kept[1], kept[0], "nearest-exact", "center")
+    assert tuple(core.shape[-2:]) == kept, "the expected cut disagrees with ComfyUI's own center crop"
+    by_hand, _, _ = _upscale(tiny_model, cond, {"samples": core.contiguous()}, target=target)
+    assert torch.equal(final["samples"], by_hand["samples"])
+    assert final["samples"].shape[-2:] == (target[1] // 8, target[0] // 8)
+    h, w = base_shape[-2:]
+    assert plan.startswith(f"crop center: {w * 8}x{h * 8} -> {kept[1] * 8}x{kept[0] * 8} ({cut}"), plan
+    stretched, _, plain = _upscale(tiny_model, cond, base, target=target)
+    assert not plain.startswith("crop") and not torch.equal(stretched["samples"], final["samples"])
+
+
+def test_crop_center_same_aspect_and_bad_values(pack, tiny_model, cond):
+    from self_cascade.nodes.cascade import StageSettings
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.upscale import upscale
+
+    run = dict(disable_pbar=True)
+    same, _, plan = upscale(tiny_model, cond, cond, _base(), StageSettings(**SAMPLING), (64, 96), crop="center",
+                            **run)
+    plain, _, _ = _upscale(tiny_model, cond, _base(), target=(64, 96))
+    assert torch.equal(same["samples"], plain["samples"]) and "nothing to cut" in plan
+    with pytest.raises(SelfCascadeError, match="'crop'"):
+        upscale(tiny_model, cond, cond, _base(), StageSettings(**SAMPLING), TARGET, crop="edges", **run)
+    with pytest.raises(SelfCascadeError, match="leaves nothing"):
+        upscale(tiny_model, cond, cond, _base(), StageSettings(**SAMPLING), (16384, 8), crop="center", **run)

@@ -59,3 +59,26 @@ def resize_latent(latent: torch.Tensor, size: tuple[int, int], method: str = "bi
     else:
         raise ValueError(f"expected a 4-D or 5-D latent, got shape {tuple(latent.shape)}")
     return out.to(dtype)
+
+
+#: Crop choices of Upscale (ComfyUI's Upscale Latent offers the same two).
+CROP_METHODS = ("disabled", "center")
+
+
+def center_crop_box(height: int, width: int, aspect: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the centred part of a ``height`` x ``width`` grid with the aspect
+    ratio ``aspect`` = (width, height), in whole cells, by the rule of ComfyUI's ``common_upscale``
+    (crop "center"): the side that is too long loses round(excess / 2) cells at each end."""
+    old, new = width / height, aspect[0] / aspect[1]
+    top = left = 0
+    if old > new:
+        left = round((width - width * new / old) / 2)
+    elif old < new:
+        top = round((height - height * old / new) / 2)
+    return top, left, height - 2 * top, width - 2 * left
+
+
+def center_crop(latent: torch.Tensor, aspect: tuple[int, int]) -> torch.Tensor:
+    """The centred crop (:func:`center_crop_box`) of a 4-D or 5-D latent's last two axes (a view, not a copy)."""
+    top, left, h, w = center_crop_box(latent.shape[-2], latent.shape[-1], aspect)
+    return latent.narrow(-2, top, h).narrow(-1, left, w)

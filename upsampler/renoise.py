@@ -57,6 +57,19 @@ def latent_gain(model_sampling, sigma_k: float, like: torch.Tensor) -> torch.Ten
     return model_sampling.noise_scaling(sigma, torch.zeros_like(ones), ones, max_denoise=False)
 
 
+def signal_to_noise(model_sampling, sigma_k: float) -> float:
+    """Signal-to-noise ratio of Eq. 6's z_K at sigma_K in the model's own coordinates.
+
+    ``noise_scaling`` mixes x = a * x0 + b * eps (eps/v: a = 1, b = sigma; flow: a = 1 - sigma, b = sigma),
+    so SNR = (a / b)^2: abar / (1 - abar) for the paper's DDPM form (Eq. 6). Infinite at sigma_K = 0.
+    """
+    sigma = torch.tensor([float(sigma_k)], dtype=torch.float64)
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    a = float(model_sampling.noise_scaling(sigma, zero, one, max_denoise=False))
+    b = float(model_sampling.noise_scaling(sigma, one, zero, max_denoise=False))
+    return float("inf") if b == 0.0 else (a / b) ** 2
+
+
 def sample_seeds(seed: int, batch: int, batch_index: list[int] | None = None) -> list[int]:
     """Seed of each batch entry: ``seed + batch_index[i]`` (``range(batch)`` when no index), mod 2**64."""
     index = list(range(batch)) if batch_index is None else [int(i) for i in batch_index]
