@@ -1,7 +1,7 @@
 """The main job (``dev/run``): Self-Cascade end to end, writing images a newcomer can look at.
 
 - No arguments: the embedded default. The small pixel-space model trained for the benchmark
-  (benchmark/model.py, weights in benchmark/weights/; ~1 M parameters, procedural scenes, not
+  (benchmark/miniature/model.py, weights in benchmark/weights/; ~1 M parameters, procedural scenes, not
   Stable Diffusion) samples a 16x16 base image, a direct 64x64 image (the same model asked for
   16x the pixels at once), the tuning-free Self-Cascade 16 -> 32 -> 64 (the pack's
   ``cascade_stage``, K=700) and the tuned one with the small upsampler set committed beside the
@@ -58,8 +58,8 @@ def embedded_default(out: Path, seeds: list[int], steps: int) -> list[Path]:
         hostenv.start()
         import comfy.utils
         from PIL import Image, ImageDraw
-        from self_cascade.benchmark import model as bm
-        from self_cascade.benchmark import scenes
+        from self_cascade.benchmark.miniature import model as bm
+        from self_cascade.benchmark.miniature import scenes
         from self_cascade.nodes.cascade import StageSettings, cascade_stage
         from self_cascade.upsampler.fileformat import load_upsamplers
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def bench(pack):
-    from self_cascade.benchmark import metrics, scenes
+    from self_cascade.benchmark.miniature import metrics, scenes
 
     return scenes, metrics
 
@@ -153,7 +153,7 @@ def test_steps_claim_direction_and_untrained_start(pack):
     """The steps-to-quality rule: higher-is-better measures compare the right way, T's untrained step 0
     never counts as reaching fine-tuning's best, and a fine-tuning run that never beats its step 0 is
     flagged as learning nothing (so its "best" cannot stand for trained quality)."""
-    from self_cascade.benchmark.report import steps_claim
+    from self_cascade.benchmark.miniature.report import steps_claim
 
     def run(t, ft):
         return {"T": {b: {"composition": v} for b, v in t.items()},
@@ -177,7 +177,7 @@ def test_paired_iou_gain_sees_a_same_seed_gain_that_separate_intervals_miss(pack
     """Two rows on the same seeds: a small per-sample gain under a large between-seed spread. The
     separate intervals overlap, the paired interval is above 0; a mismatched pairing is refused."""
     import numpy as np
-    from self_cascade.benchmark.scoring import paired_iou_gain, pool
+    from self_cascade.benchmark.miniature.scoring import paired_iou_gain, pool
 
     rng = np.random.default_rng(0)
     base = rng.uniform(0.3, 1.0, 48)
@@ -220,8 +220,8 @@ def test_trained_t_verdict_needs_a_win_beyond_noise(pack):
     """The table's verdict on "trained T beats untrained T and TF": a same-seed IoU gain whose paired
     intervals clear 0 is MET; a better mean inside the noise is NOT SHOWN; worse on both is MISSED."""
     import numpy as np
-    from self_cascade.benchmark.report import goals
-    from self_cascade.benchmark.scoring import pool
+    from self_cascade.benchmark.miniature.report import goals
+    from self_cascade.benchmark.miniature.scoring import pool
 
     rng = np.random.default_rng(1)
     spread = rng.uniform(0.3, 0.9, 48)

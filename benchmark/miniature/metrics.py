@@ -74,6 +74,19 @@ def count_objects(images: torch.Tensor, min_area: float = MIN_AREA, at: tuple[in
     return counts
 
 
+def caption_colour_match(images: torch.Tensor, caption: torch.Tensor, at: tuple[int, int]) -> float:
+    """Share of samples whose object (the saturated pixels at the base size ``at``) has the colour
+    class of its caption (scenes.captions); a sample with no saturated pixel does not match."""
+    from .scenes import SHAPES, colour_class
+
+    small = downsample(images, *at) if tuple(images.shape[1:3]) != tuple(at) else images
+    mask = object_mask(small).float()
+    area = mask.sum((1, 2))
+    mean = (small * mask[..., None]).sum((1, 2)) / area.clamp_min(1)[:, None]
+    want = caption[:, len(SHAPES):].argmax(-1)
+    return float(((colour_class(mean) == want) & (area > 0)).float().mean())
+
+
 def composition(images: torch.Tensor, expected: int = 1, min_area: float = MIN_AREA,
                 at: tuple[int, int] | None = None) -> float:
     """Share of samples with exactly ``expected`` objects (``at``: count at that size, see count_objects)."""

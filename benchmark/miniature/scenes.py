@@ -23,6 +23,10 @@ STRIPE_FREQ = 16          # stripe periods per short side: 1 px at 16, 2 px at 3
 STRIPE_AMP = 0.3          # brightness modulation inside objects (x (1 +- 0.3))
 STRIPE_PHASE = math.pi / 2  # cosine stripes (see render)
 SHAPES = ("disc", "square", "triangle")
+#: Colour classes of the caption: the object's hue to the nearest of six (hue 0 = red).
+COLOURS = ("red", "yellow", "green", "cyan", "blue", "magenta")
+#: Caption vector: one-hot shape then one-hot colour; all zeros is the null (dropped) caption.
+CAPTION_DIM = len(SHAPES) + len(COLOURS)
 
 
 @dataclass
@@ -132,6 +136,23 @@ def render_mask(sc: Scenes, height: int, width: int, supersample: int = 4) -> to
     n = len(sc)
     m = _inside(sc, X.reshape(1, -1).expand(n, -1), Y.reshape(1, -1).expand(n, -1)).float()
     return m.reshape(n, height, supersample, width, supersample).mean((2, 4))
+
+
+def colour_class(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3) RGB -> (N,) index into COLOURS: the hue (HSV) rounded to the nearest sixth."""
+    mx, arg = rgb.max(-1)
+    d = (mx - rgb.min(-1).values).clamp_min(1e-6)
+    r, g, b = rgb.unbind(-1)
+    h = torch.where(arg == 0, ((g - b) / d) % 6, torch.where(arg == 1, (b - r) / d + 2, (r - g) / d + 4))
+    return torch.round(h).long() % len(COLOURS)
+
+
+def captions(sc: Scenes) -> torch.Tensor:
+    """The scenes' captions, (N, CAPTION_DIM): one-hot shape class and one-hot colour class."""
+    out = torch.zeros(len(sc), CAPTION_DIM)
+    out[torch.arange(len(sc)), sc.shape] = 1.0
+    out[torch.arange(len(sc)), len(SHAPES) + colour_class(sc.colour)] = 1.0
+    return out
 
 
 def to_latent(images: torch.Tensor) -> torch.Tensor:

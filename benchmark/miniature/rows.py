@@ -1,6 +1,7 @@
 """The benchmark's sampling methods (one per table row), all on ComfyUI's own code paths.
 
-Every sampling call uses the same sampler, scheduler, ``steps`` setting and cfg. Direct, hires fix
+Every sampling call uses the same sampler, scheduler, ``steps`` setting and cfg (1 for the
+unconditional model; the captioned model's runs pass cfg > 1, with the null caption as negative). Direct, hires fix
 and Deep Shrink go through ``nodes.common_ksampler`` (Deep Shrink: core ``PatchModelAddDownscale``);
 the cascade rows through the pack's ``cascade_stage``, which executes only the part of its schedule
 below K (as in the paper); ComfyUI's ``denoise`` (hires fix) keeps the number of executed steps.
@@ -32,16 +33,16 @@ def timed(fn, *a, **k):
 class Sampling:
     """The methods; ``model`` is the base ModelPatcher, ``steps`` the schedule length of every call."""
 
-    def __init__(self, model, pos, neg, steps: int):
-        from ..nodes.cascade import StageSettings, cascade_stage
+    def __init__(self, model, pos, neg, steps: int, cfg: float = CFG):
+        from ...nodes.cascade import StageSettings, cascade_stage
 
-        self.model, self.pos, self.neg, self.steps = model, pos, neg, steps
+        self.model, self.pos, self.neg, self.steps, self.cfg = model, pos, neg, steps, cfg
         self._stage, self._settings = cascade_stage, StageSettings
 
     def ksample(self, model, latent: torch.Tensor, seed: int, denoise: float = 1.0) -> torch.Tensor:
         import nodes  # ComfyUI's nodes.py
 
-        out = nodes.common_ksampler(model, seed, self.steps, CFG, SAMPLER, SCHEDULER, self.pos, self.neg,
+        out = nodes.common_ksampler(model, seed, self.steps, self.cfg, SAMPLER, SCHEDULER, self.pos, self.neg,
                                     {"samples": latent}, denoise=denoise, disable_noise=False)[0]
         return out["samples"]
 
@@ -66,13 +67,16 @@ class Sampling:
         return self.ksample(m, torch.zeros(n, 3, *target), seed)
 
     def cascade(self, base_lat: torch.Tensor, base_hw: tuple[int, int], target: tuple[int, int], seed: int,
-                upsamplers=None, K: float = 700.0, strength: float = 1.0) -> torch.Tensor:
+                upsamplers=None, K: float = 700.0, strength: float = 1.0,
+                K_later: float | None = None) -> torch.Tensor:
+        """``K_later``: K of every stage after the first (None: K everywhere)."""
         lat = {"samples": base_lat}
-        for hw in stage_sizes(base_hw, target):
+        for i, hw in enumerate(stage_sizes(base_hw, target)):
+            k = K if i == 0 or K_later is None else K_later
             # every stage here is exactly x2 per side; the node's width/height inputs count 8 px per latent
             # cell (SD's VAE), which this pixel-space model does not have, so the scale input is used
-            settings = self._settings(scale=2.0, upscale_method="bicubic", seed=seed, steps=self.steps, cfg=CFG,
-                                      sampler_name=SAMPLER, scheduler=SCHEDULER, K=float(K), strength=strength)
+            settings = self._settings(scale=2.0, upscale_method="bicubic", seed=seed, steps=self.steps, cfg=self.cfg,
+                                      sampler_name=SAMPLER, scheduler=SCHEDULER, K=float(k), strength=strength)
             lat = self._stage(self.model, self.pos, self.neg, lat, settings, upsamplers, disable_pbar=True)
             if tuple(lat["samples"].shape[-2:]) != hw:
                 raise RuntimeError(f"stage gave {tuple(lat['samples'].shape)}, expected {hw}")

@@ -34,6 +34,17 @@ def t_images(n: int, base: int = scenes.BASE_SHORT_SIDE) -> list[torch.Tensor]:
             scenes.render(scenes.sample_scenes(n, T_SCENES_SEED + 1), 4 * base, 4 * base)]
 
 
+def t_captions(n: int) -> torch.Tensor:
+    """Captions of ``t_images(n)``'s renders, in the same order (2n, scenes.CAPTION_DIM)."""
+    return torch.cat([scenes.captions(scenes.sample_scenes(n, T_SCENES_SEED)),
+                      scenes.captions(scenes.sample_scenes(n, T_SCENES_SEED + 1))])
+
+
+#: Training recipes of T (name: pivot mode, (end_timestep, K) of the training timesteps t ~ U{end+1..K}).
+RECIPES = {"gt/K": ("downsample", (100.0, 700.0)), "gt/all": ("downsample", (0.0, 999.0)),
+           "gen/K": ("generated", (100.0, 700.0)), "gen/all": ("generated", (0.0, 999.0))}
+
+
 def ft_latents(n: int, hw: tuple[int, int]) -> torch.Tensor:
     """Training latents for full fine-tuning / LoRA at the target size (2n renders: T's image count)."""
     aspect = hw[1] / hw[0]
@@ -42,9 +53,9 @@ def ft_latents(n: int, hw: tuple[int, int]) -> torch.Tensor:
 
 def fresh_set(model, variant: str = "light", size: int = 32, seed: int = 0):
     """An untrained set exactly as ``train_upsamplers`` initialises one (zero last conv: nearest x2 features)."""
-    from ..nodes.patch import check_unet, model_family
-    from ..upsampler.modules import UpsamplerSet
-    from ..upsampler.taps import derive_taps, emb_dim
+    from ...nodes.patch import check_unet, model_family
+    from ...upsampler.modules import UpsamplerSet
+    from ...upsampler.taps import derive_taps, emb_dim
 
     unet = check_unet(model)
     with torch.random.fork_rng(devices=[]):
@@ -55,29 +66,37 @@ def fresh_set(model, variant: str = "light", size: int = 32, seed: int = 0):
 
 
 def train_t(model, pos, budgets: list[int], *, n_images: int, lr: float, batch: int, variant: str,
-            variant_size: int, workdir, save_path=None) -> tuple[dict, dict]:
-    """{step: UpsamplerSet} for each budget (one run, resumed), and a training summary."""
-    from ..nodes.training import TrainConfig, train_upsamplers
+            variant_size: int, workdir, save_path=None, recipe: str = "gt/K", empty=None,
+            caption_dropout: float = 0.0, generated_cfg: float = 1.0) -> tuple[dict, dict]:
+    """{step: UpsamplerSet} for each budget (one run, resumed), and a training summary. ``recipe``
+    (RECIPES): pivot mode and training timesteps; ``pos`` one CONDITIONING or one per training
+    image; ``empty`` the null conditioning (caption dropout, and the negative of generated pivots
+    at ``generated_cfg``)."""
+    from ...nodes.training import TrainConfig, train_upsamplers
 
     b = scenes.BASE_SHORT_SIDE
     imgs = t_images(n_images)
     path = str(workdir / "t_upsamplers.safetensors")
     snaps, losses, t0, res = {}, [], time.perf_counter(), None
+    pivot_mode, (end_t, k_t) = RECIPES[recipe]
     for steps in sorted(budgets):
         cfg = TrainConfig(width=2 * b, height=2 * b, scale=2.0, steps=steps, learning_rate=lr, batch_size=batch,
-                          K=700.0, end_timestep=100.0, pivot_mode="downsample", variant=variant,
+                          K=k_t, end_timestep=end_t, pivot_mode=pivot_mode, variant=variant,
                           variant_size=variant_size, seed=0, checkpoint_every=0, latent_cell=1,
-                          log_every=max(1, max(budgets) // 10))
-        res = train_upsamplers(model, imgs, scenes.to_latent, pos, config=cfg, save_path=path, resume=True)
+                          log_every=max(1, max(budgets) // 10), caption_dropout=caption_dropout,
+                          generated_cfg=generated_cfg)
+        res = train_upsamplers(model, imgs, scenes.to_latent, pos, config=cfg, save_path=path, resume=True,
+                               empty=empty)
         if res.steps_done != steps or res.stopped_reason != "completed":
             raise RuntimeError(f"T training stopped at {res.steps_done}/{steps}: {res.stopped_reason}")
         snaps[steps] = res.upsamplers
         losses = res.losses
     if save_path is not None:
-        from ..upsampler.fileformat import save_upsamplers
+        from ...upsampler.fileformat import save_upsamplers
 
         save_upsamplers(str(save_path), res.upsamplers)
-    info = {"method": "pack train_upsamplers (Algorithm 1, v target, t in (100, 700])", "steps": max(budgets),
+    info = {"method": f"pack train_upsamplers (Algorithm 1, v target, pivot {pivot_mode}, t in ({end_t:g}, {k_t:g}])",
+            "recipe": recipe, "caption_dropout": caption_dropout, "steps": max(budgets),
             "seconds": round(time.perf_counter() - t0, 1), "variant": variant, "variant_size": variant_size,
             "lr": lr, "batch": batch, "images": 2 * n_images, "params": res.upsamplers.num_params(),
             "loss_first10": _mean(losses[:10]), "loss_last10": _mean(losses[-10:])}

@@ -5,8 +5,12 @@ Pixel space is the "latent": 3 channels (images in -1..1, see scenes.to_latent).
 std about 1, like SD's VAE latents after their 0.18215 factor; with scale 1 (the first miniature)
 the sampler saw std about 0.25 and every K meant 16x less pivot signal than in SD.
 SD1.5's schedule (ComfyUI's default ModelSamplingDiscrete: scaled_linear 0.00085..0.012), v-prediction.
-A pure-conv 3-level UNet (no attention), so the conditioning is ignored by the network; ComfyUI's
-sampler still wants a CONDITIONING, so ``positive()``/``negative()`` give a zero cross-attn tensor.
+A pure-conv 3-level UNet (no attention). The committed base model is unconditional (its
+CONDITIONING, ``positive()``/``negative()``, is a zero cross-attn tensor the network ignores). The
+captioned base model (``CAPTION_WEIGHTS``) adds ComfyUI's own class embedding (``num_classes=
+"sequential"``, the ``y`` input SDXL uses): the caption, a one-hot shape and colour class
+(scenes.captions), travels as the conditioning's ``pooled_output``; all zeros is the null caption
+(caption dropout, the negative of cfg > 1).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: Prediction target of the base model ("v" or "eps"); train_base.py trains for it.
 PREDICTION = "v"
 #: Latent format scale factor: pixels in -1..1 times this is what the sampler (and training) sees.
@@ -22,6 +26,8 @@ LATENT_SCALE = 4.0
 WEIGHTS = REPO / "benchmark" / "weights" / "base.safetensors"
 #: A small light upsampler set trained for WEIGHTS (evaluate.py --save-upsamplers), for dev/run.
 TOY_UPSAMPLERS = REPO / "benchmark" / "weights" / "toy_upsamplers.safetensors"
+#: The captioned base model (train_base.py --caption), used by the training-recipe benchmark.
+CAPTION_WEIGHTS = REPO / "benchmark" / "weights" / "base_caption.safetensors"
 
 UNET_CONFIG = dict(
     image_size=32, in_channels=3, out_channels=3, model_channels=32,
@@ -39,8 +45,9 @@ def prepare() -> None:
     hostenv.prepare_in_process()
 
 
-def _classes():
+def _classes(caption_dim: int = 0):
     import comfy.latent_formats
+    import comfy.model_base
     import comfy.supported_models_base
 
     class PixelLatent(comfy.latent_formats.LatentFormat):
@@ -65,20 +72,40 @@ def _classes():
             return comfy.model_base.ModelType.V_PREDICTION if PREDICTION == "v" else comfy.model_base.ModelType.EPS
         supported_inference_dtypes = [torch.float32]
 
+        def get_model(self, state_dict, prefix="", device=None):
+            if not caption_dim:
+                return super().get_model(state_dict, prefix, device)
+            return CaptionModel(self, model_type=self.model_type(state_dict, prefix), device=device)
+
+    class CaptionModel(comfy.model_base.BaseModel):
+        """The captioned model: the conditioning's ``pooled_output`` is the UNet's class input ``y``."""
+
+        def encode_adm(self, **kwargs):
+            y = kwargs.get("pooled_output")
+            return torch.zeros(1, caption_dim) if y is None else y  # no caption given: the null caption
+
     return PixelLatent, PixelUNet
 
 
-def build_model(seed: int = 0):
-    """A fresh BaseModel (ComfyUI's UNetModel, default torch init under a fixed seed)."""
+def build_model(seed: int = 0, caption: bool = False):
+    """A fresh BaseModel (ComfyUI's UNetModel, default torch init under a fixed seed); ``caption``:
+    with the class embedding of the captioned model (its last layer zero: it starts unconditional)."""
+    from .scenes import CAPTION_DIM
+
     prepare()
-    _, PixelUNet = _classes()
-    config = PixelUNet(dict(UNET_CONFIG))
+    dim = CAPTION_DIM if caption else 0
+    _, PixelUNet = _classes(dim)
+    unet_config = dict(UNET_CONFIG, **({"num_classes": "sequential", "adm_in_channels": dim} if caption else {}))
+    config = PixelUNet(unet_config)
     model = config.get_model({})
     torch.manual_seed(seed)  # ComfyUI's ops skip init: apply torch's default init, seeded
     for m in model.diffusion_model.modules():
         for cls in (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm):
             if isinstance(m, cls):
                 cls.reset_parameters(m)
+    if caption:
+        torch.nn.init.zeros_(model.diffusion_model.label_emb[0][2].weight)
+        torch.nn.init.zeros_(model.diffusion_model.label_emb[0][2].bias)
     return model
 
 
@@ -92,14 +119,23 @@ def to_patcher(model):
 
 
 def load_base_model(path: Path | str = WEIGHTS):
-    """The committed trained base model as a ModelPatcher (eval mode, float32)."""
+    """A trained base model as a ModelPatcher (eval mode, float32); captioned when its weights are."""
     import safetensors.torch
 
-    model = build_model(0)
     sd = safetensors.torch.load_file(str(path))
+    model = build_model(0, caption=is_captioned(sd))
     model.diffusion_model.load_state_dict(sd, strict=True)
     model.diffusion_model.eval()
     return to_patcher(model)
+
+
+def is_captioned(state_dict: dict) -> bool:
+    return any(k.startswith("label_emb.") for k in state_dict)
+
+
+def caption_cond(caption: torch.Tensor) -> list:
+    """CONDITIONING for the captioned model: one caption per sample, (N, CAPTION_DIM) (zeros: null)."""
+    return [[torch.zeros(caption.shape[0], 1, 8), {"pooled_output": caption.float()}]]
 
 
 def positive(batch: int = 1) -> list:
