@@ -142,3 +142,38 @@ def test_lint_clean():
     """ruff (configured in pyproject.toml) finds nothing in the repository."""
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", str(REPO)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_pack_registers_against_the_newer_schema_fields():
+    """Through ComfyUI's own load_custom_node, once with a stub of newer releases' schema fields on the real io
+    module (tests/newer_schema_stub.py: Schema.search_aliases, inputs' advanced, core's KSampler under
+    model/sampling): every node registers, uses the aliases and the advanced fold, and sits next to core's."""
+    import json
+
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "newer_schema_stub.py"), "--newer"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    found = report["nodes"]
+    assert report["loaded"] and len(found) == 9, found
+    assert all(n["category"].startswith("model/sampling/self_cascade") for n in found.values()), found
+    for node_id in ("SelfCascadeStage", "SelfCascadeUpscale"):
+        assert {"hires fix", "upscale", "high resolution"} <= set(found[node_id]["search_aliases"]), node_id
+        assert {"upscale_method", "end_timestep"} <= set(found[node_id]["advanced"]), node_id
+    assert "K_later" in found["SelfCascadeUpscale"]["advanced"]
+    assert not {"K", "K_mode", "seed", "steps"} & set(found["SelfCascadeUpscale"]["advanced"])
+
+
+def test_the_0_3_75_floor_gets_none_of_the_newer_fields(pack):
+    """On the real 0.3.75 host nothing newer is passed: the schemas have no aliases, no input is folded, the
+    category is the old one (the same nodes as the stub test above, read in this process)."""
+    import asyncio
+
+    from comfy_api.latest import io
+
+    nodes = asyncio.run(asyncio.run(pack.comfy_entrypoint()).get_node_list())
+    for node in nodes:
+        schema = node.define_schema()
+        assert not hasattr(schema, "search_aliases") and schema.category.startswith("sampling/self_cascade")
+        assert not any(getattr(i, "advanced", None) for i in schema.inputs), schema.node_id
+    assert "advanced" not in io.Float.Input.__init__.__code__.co_varnames, "the floor is not 0.3.75 any more"

@@ -59,3 +59,17 @@ def test_plan_node(pack):
     assert SelfCascadeStagePlan.define_schema().category == "sampling/self_cascade/utils"
     with pytest.raises(SelfCascadeError, match="multiple of 8"):
         SelfCascadeStagePlan.execute(500, 512, 1024, 1024)
+
+
+def test_plan_node_reports_the_auto_k_of_a_connected_model(pack):
+    """With a model connected the plan names the K that K_mode auto uses on it (same sizes and outputs)."""
+    import tiny_models
+    from self_cascade.nodes.stage import SelfCascadeStagePlan
+
+    plain = SelfCascadeStagePlan.execute(512, 512, 1536, 1536).result
+    assert "K_mode auto" not in plain[0]
+    flow = SelfCascadeStagePlan.execute(512, 512, 1536, 1536, model=tiny_models.tiny_flow(seed=0)).result
+    assert flow[1:] == plain[1:] and flow[0].startswith(plain[0])
+    assert flow[0].endswith("; K_mode auto: K 700 -> 525.7 on this model"), flow[0]
+    sd = SelfCascadeStagePlan.execute(512, 512, 1536, 1536, model=tiny_models.tiny_sd15(seed=0), K=600.0).result
+    assert sd[0].endswith("; K_mode auto: K 600 -> 600 on this model"), sd[0]
