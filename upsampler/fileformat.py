@@ -37,6 +37,34 @@ def save_upsamplers(path: str, uset: UpsamplerSet) -> None:
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+#: Bytes per element of each safetensors dtype.
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
+
+
+def _tensor_bytes(name: str, key: str, entry) -> tuple[int, int]:
+    """The byte range ``(start, end)`` a header entry claims, after checking that its dtype, shape and
+    range agree (a header that claims a huge tensor in a few bytes is refused here, before any read)."""
+    try:
+        dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        ok = (isinstance(dtype, str) and isinstance(shape, list)
+              and all(type(d) is int and d >= 0 for d in shape + [start, end]) and start <= end)
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UpsamplerFileError(f"'{name}' is corrupt: header entry {key!r} is not a tensor description "
+                                 "(dtype, shape, data_offsets). Copy or download it again.")
+    if dtype not in _DTYPE_BYTES:
+        raise UpsamplerFileError(f"'{name}': tensor {key!r} has the unknown dtype {dtype!r}")
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel * _DTYPE_BYTES[dtype] != end - start:
+        raise UpsamplerFileError(f"'{name}' is corrupt: tensor {key!r} claims shape {shape} ({dtype}) but "
+                                 f"{end - start} bytes of data. Copy or download it again.")
+    return start, end
+
+
 def _read_header(path: str) -> dict:
     """Parse and sanity-check the safetensors header ourselves, for clear errors."""
     name = os.path.basename(path)
@@ -59,7 +87,10 @@ def _read_header(path: str) -> dict:
         raise UpsamplerFileError(f"'{name}' is not a safetensors file (header is not JSON: {e})") from None
     if not isinstance(header, dict):
         raise UpsamplerFileError(f"'{name}' is not a safetensors file (header is not a JSON object)")
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise UpsamplerFileError(f"'{name}' is corrupt: its '__metadata__' is not a map of strings")
+    end = max((_tensor_bytes(name, k, v)[1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise UpsamplerFileError(f"'{name}' is truncated: tensors need {8 + n + end} bytes, the file has {size}. "
                                  "Copy or download it again.")
@@ -110,6 +141,9 @@ def load_upsamplers(path: str, device: str | torch.device = "cpu") -> UpsamplerS
         t = tensors[key]
         if tuple(t.shape) != tuple(ref.shape):
             raise UpsamplerFileError(f"'{name}': tensor {key} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}")
+        if not t.is_floating_point():
+            raise UpsamplerFileError(f"'{name}': tensor {key} has dtype {t.dtype}, expected floating-point weights "
+                                     "(the file is damaged or not an upsampler set)")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise UpsamplerFileError(f"'{name}': tensor {key} contains NaN or Inf weights (a diverged training run?)")
     uset.load_state_dict(tensors, assign=True)
