@@ -12,6 +12,7 @@ import os
 from comfy_api.latest import io
 
 from .common import CATEGORY, DEFAULT_END_TIMESTEP, DEFAULT_K, K_MAX, K_MIN, SEED_MAX, SelfCascadeError, Upsamplers
+from .managed import upsampler_patcher
 from .training import TrainConfig, checkpoint_path_for, save_path_for, train_upsamplers
 from .training.data import from_image_input
 
@@ -157,7 +158,7 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
                                    "Resume with a lower learning_rate, or check the images/VAE.")
         logger.info("Self-Cascade training: saved %s (%d steps, %.1f s).", result.file_path, result.steps_done,
                     result.seconds)
-        return io.NodeOutput(result.upsamplers, draw_loss_curve(result.losses))
+        return io.NodeOutput(upsampler_patcher(result.upsamplers), draw_loss_curve(result.losses))
 
 
 NODES = (SelfCascadeTrainUpsamplers,)

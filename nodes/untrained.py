@@ -17,6 +17,7 @@ from comfy_api.latest import io
 from ..upsampler.modules import UpsamplerSet
 from ..upsampler.taps import derive_taps, emb_dim
 from .common import CATEGORY, Upsamplers
+from .managed import upsampler_patcher
 from .patch import check_unet, model_family
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class SelfCascadeUntrainedUpsamplers(io.ComfyNode):
         logger.warning("Self-Cascade: using UNTRAINED upsamplers (experimental: nearest-upsampled pivot features, "
                        "%d taps, family %s); results are unverified on Stable Diffusion.", len(uset.taps),
                        uset.info.family)
-        return io.NodeOutput(uset, UNTRAINED_STRENGTH)
+        return io.NodeOutput(upsampler_patcher(uset), UNTRAINED_STRENGTH)
 
 
 NODES = (SelfCascadeUntrainedUpsamplers,)

@@ -19,6 +19,7 @@ from .common import (
     Upsamplers,
     register_model_folder,
 )
+from .managed import upsampler_patcher
 from .patch import apply_upsamplers
 from .pivot import PIVOT_KEY, check_latent
 
@@ -102,7 +103,7 @@ class SelfCascadeUpsamplerLoader(io.ComfyNode):
         i = uset.info
         logger.info("Self-Cascade: loaded %s (%s, %s variant, %d taps, %d params)", upsampler_name,
                     i.family, i.variant, len(i.taps), uset.num_params())
-        return io.NodeOutput(uset)
+        return io.NodeOutput(upsampler_patcher(uset))  # built once: ComfyUI caches it with the node
 
 
 class SelfCascadeApplyUpsamplers(io.ComfyNode):

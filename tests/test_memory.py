@@ -1,9 +1,8 @@
-"""The upsampler set as a model ComfyUI manages (nodes/managed.py): a private copy in its own ModelPatcher,
-attached to the patched model, loaded by ComfyUI's model management during sampling; the set a loader
-returned is never moved, cast or changed."""
+"""The upsampler set as a model ComfyUI manages (nodes/managed.py): one ModelPatcher built when the set is
+loaded, over the set's own tensors in ComfyUI's manual-cast layers, attached to the patched model and loaded
+by ComfyUI's model management during sampling; the set is never moved, cast or changed by a run."""
 from __future__ import annotations
 
-import pytest
 import tiny_models
 import torch
 from tiny_models import run_stage
@@ -53,15 +52,30 @@ def test_loader_set_is_bit_identical_after_a_tuned_bf16_run(pack):
     assert all(p.dtype == torch.float32 for p in uset.parameters())
 
 
+def test_loader_patcher_is_bit_identical_after_a_tuned_bf16_run(pack):
+    """The loader's output (the set's ModelPatcher) computes in the bf16 model's dtype by casting per layer;
+    its stored weights come out of the run exactly as they went in."""
+    from self_cascade.nodes.managed import upsampler_patcher
+
+    model = tiny_models.tiny_sd15(seed=0, dtype=torch.bfloat16)
+    managed = upsampler_patcher(_trained_like_set(model))
+    before = _snapshot(managed.model)
+    cond = tiny_models.conditioning(3)
+    tuned = run_stage(model, cond, cond, _base(), managed, **{**STAGE, "steps": 4})["samples"]
+    assert torch.isfinite(tuned).all()
+    assert _same(before, _snapshot(managed.model)), "the loader's set was changed by the run"
+
+
 def test_set_is_loaded_by_model_management_during_sampling(pack, tiny_model):
-    """In a sampler step (progress hook) the copy is among ComfyUI's loaded models, on the model's load
-    device, in its own ModelPatcher; it is not the loader's set, and holds the same weights."""
+    """In a sampler step (progress hook) the loader's ModelPatcher itself is among ComfyUI's loaded models, on
+    the model's load device; its weights are the set's own tensors (no copy where the dtype is kept)."""
     import comfy.model_management
     import comfy.utils
-    from self_cascade.nodes.managed import managed_copy
+    from self_cascade.nodes.managed import upsampler_patcher
     from self_cascade.upsampler.modules import UpsamplerSet
 
     uset = _trained_like_set(tiny_model)
+    managed = upsampler_patcher(uset)
     seen = []
 
     def hook(v, t, preview, node_id=None):
@@ -72,76 +86,72 @@ def test_set_is_loaded_by_model_management_during_sampling(pack, tiny_model):
     try:
         comfy.utils.set_progress_bar_global_hook(hook)
         cond = tiny_models.conditioning(3)
-        run_stage(tiny_model, cond, cond, _base(), uset, **STAGE)
+        run_stage(tiny_model, cond, cond, _base(), managed, **STAGE)
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
-    assert seen and all(len(s) == 1 for s in seen), [len(s) for s in seen]
-    patcher = seen[0][0]
-    copy = patcher.model
-    assert copy is not uset and copy is managed_copy(uset, tiny_model).model
-    assert patcher.load_device == tiny_model.load_device
-    assert all(p.device == torch.device(tiny_model.load_device) for p in copy.parameters())
-    assert _same(_snapshot(uset), _snapshot(copy))
+    assert seen and all(s == [managed] for s in seen), [len(s) for s in seen]
+    assert managed.load_device == tiny_model.load_device
+    assert all(p.device == torch.device(tiny_model.load_device) for p in managed.model.parameters())
+    assert _same(_snapshot(uset), _snapshot(managed.model))
+    ours, theirs = managed.model.state_dict(), uset.state_dict()
+    assert all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours), "a second copy of the weights"
 
 
 def test_attached_to_the_clone_only_and_reused(pack, tiny_model):
     from self_cascade.nodes.common import PACK_KEY
+    from self_cascade.nodes.managed import upsampler_patcher
     from self_cascade.nodes.patch import apply_upsamplers
 
-    uset = _trained_like_set(tiny_model)
+    managed = upsampler_patcher(_trained_like_set(tiny_model))
     pivot = torch.zeros(1, 4, 4, 6)
-    a = apply_upsamplers(tiny_model, uset, pivot, 1.0, 100.0)
-    b = apply_upsamplers(a, uset, pivot, 0.5, 100.0)  # applying twice replaces
-    (pa,) = a.get_additional_models_with_key(PACK_KEY)
-    (pb,) = b.get_additional_models_with_key(PACK_KEY)
-    assert pa.model is pb.model, "the same set and dtype must reuse one copy"
+    a = apply_upsamplers(tiny_model, managed, pivot, 1.0, 100.0)
+    b = apply_upsamplers(a, managed, pivot, 0.5, 100.0)  # applying twice replaces
+    assert a.get_additional_models_with_key(PACK_KEY) == [managed] == b.get_additional_models_with_key(PACK_KEY)
     assert not tiny_model.get_additional_models_with_key(PACK_KEY), "the input model was changed"
-    assert not apply_upsamplers(tiny_model, uset, pivot, 0.0, 100.0).get_additional_models_with_key(PACK_KEY)
-    with torch.no_grad():
-        next(uset.parameters()).add_(1.0)  # trained further in place: the copy must follow
-    (pc,) = apply_upsamplers(tiny_model, uset, pivot, 1.0, 100.0).get_additional_models_with_key(PACK_KEY)
-    assert pc.model is not pa.model and _same(_snapshot(uset), _snapshot(pc.model))
+    assert not apply_upsamplers(tiny_model, managed, pivot, 0.0, 100.0).get_additional_models_with_key(PACK_KEY)
 
 
 def test_inference_mode_set(pack, tiny_model):
-    """Sets made by nodes on the server are inference tensors (no version counter): the copy still works."""
-    from self_cascade.nodes.managed import managed_copy
+    """Sets made by nodes on the server are inference tensors: the patcher is built over them all the same."""
+    from self_cascade.nodes.managed import upsampler_patcher
 
     with torch.inference_mode():
         uset = _trained_like_set(tiny_model)
-        patcher = managed_copy(uset, tiny_model)
-    assert patcher is managed_copy(uset, tiny_model) and _same(_snapshot(uset), _snapshot(patcher.model))
+        managed = upsampler_patcher(uset)
+    assert _same(_snapshot(uset), _snapshot(managed.model))
 
 
-def test_copy_layers_stream_like_comfy_ops(pack, tiny_model):
-    """The copy's layers are ComfyUI ops: with weight casting on (what --lowvram turns on for layers it does
-    not load) the copy computes exactly what the set computes."""
-    from self_cascade.nodes.managed import managed_copy
+def test_layers_are_comfy_manual_cast_ops(pack, tiny_model):
+    """The patcher's layers are ComfyUI's manual-cast ops (what lets --lowvram stream them): in float32 they
+    compute exactly what the plain set computes, and a bf16 input gets bf16 weights cast per layer."""
+    import comfy.ops
+    from self_cascade.nodes.managed import upsampler_patcher
 
     uset = _trained_like_set(tiny_model)
-    copy = managed_copy(uset, tiny_model).model
-    layers = [m for m in copy.modules() if hasattr(m, "comfy_cast_weights")]
+    managed = upsampler_patcher(uset).model
+    layers = [m for m in managed.modules() if hasattr(m, "comfy_cast_weights")]
     assert len(layers) == sum(1 for m in uset.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear,
                                                                           torch.nn.GroupNorm)))
+    ops = comfy.ops.manual_cast
+    assert all(isinstance(m, (ops.Conv2d, ops.Linear, ops.GroupNorm)) and m.comfy_cast_weights for m in layers)
     g = torch.Generator().manual_seed(0)
     tap = uset.taps[0]
     f, emb = torch.randn(1, tap.channels, 3, 5, generator=g), torch.randn(1, uset.info.emb_dim, generator=g)
-    want = uset(0, f, emb)
-    try:
-        for m in layers:
-            m.comfy_cast_weights = True
-        got = copy(0, f, emb)
-    finally:
-        for m in layers:
-            del m.comfy_cast_weights  # back to the class default (off)
-    assert torch.equal(got, want)
+    assert torch.equal(managed(0, f, emb), uset(0, f, emb))
+    bf16 = _trained_like_set(tiny_model).to(torch.bfloat16)
+    assert torch.equal(managed(0, f.bfloat16(), emb.bfloat16()), bf16(0, f.bfloat16(), emb.bfloat16()))
 
 
-@pytest.mark.parametrize("over, dtype", [({}, torch.float32), ({"dtype": torch.bfloat16}, torch.bfloat16)])
-def test_copy_in_the_model_compute_dtype(pack, over, dtype):
-    from self_cascade.nodes.managed import compute_dtype, managed_copy
+def test_weights_stored_as_comfy_stores_a_unet_on_the_device(pack):
+    """The stored dtype is ComfyUI's pick for a UNet of the set's size on the load device (float32 on the CPU),
+    whatever the sampled model's dtype; the compute dtype follows the model (test above)."""
+    import comfy.model_management
+    from self_cascade.nodes.managed import upsampler_patcher
 
-    model = tiny_models.tiny_sd15(seed=0, **over)
+    model = tiny_models.tiny_sd15(seed=0, dtype=torch.bfloat16)
     uset = _trained_like_set(model)
-    assert compute_dtype(model) == dtype
-    assert all(p.dtype == dtype for p in managed_copy(uset, model).model.parameters())
+    want = comfy.model_management.unet_dtype(device=comfy.model_management.get_torch_device(),
+                                             model_params=uset.num_params(),
+                                             supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    assert want == torch.float32  # the CPU
+    assert all(p.dtype == want for p in upsampler_patcher(uset).model.parameters())

@@ -20,10 +20,17 @@ def mods(pack):
     return patch, modules, taps
 
 
-def fresh_set(model, mods, variant="official"):
+def plain_set(model, mods, variant="official"):
     patch, modules, taps = mods
     unet = model.get_model_object("diffusion_model")
     return modules.UpsamplerSet.create(taps.derive_taps(unet), taps.emb_dim(unet), patch.model_family(model), variant)
+
+
+def fresh_set(model, mods, variant="official"):
+    """A fresh set as the nodes pass it on: its ModelPatcher (``.model`` is the set the wrapper calls)."""
+    from self_cascade.nodes.managed import upsampler_patcher
+
+    return upsampler_patcher(plain_set(model, mods, variant))
 
 
 def run_unet(model, x, t, context, y=None, opts=None, n_chunks=1):
@@ -53,7 +60,7 @@ def inputs(sdxl: bool, batch: int, h: int, w: int, t: float = 500.0, n_chunks: i
 
 def expected_output(model, uset, x, t, ctx, y, pivot, strength, n_chunks=1):
     """Independent maths: capture the frozen model's pivot features, nearest x2, add them."""
-    taps = uset.taps
+    taps = uset.model.taps
     scaled = model.model.process_latent_in(pivot).repeat(n_chunks, 1, 1, 1)
     got = {}
 
@@ -140,15 +147,15 @@ def test_called_at_taps_with_right_shapes(mods, family, expected):
     patch, modules, _ = mods
     model = tiny_models.tiny_sdxl(0) if family == "sdxl" else tiny_models.tiny_sd15(0)
     uset = fresh_set(model, mods)
-    assert [(tp.block, tp.channels, tp.downscale) for tp in uset.taps] == expected
+    assert [(tp.block, tp.channels, tp.downscale) for tp in uset.model.taps] == expected
     seen = []
-    for i, up in enumerate(uset.ups):
-        up.register_forward_hook(lambda m, a, out, i=i: seen.append((uset.taps[i].block, tuple(a[0].shape),
+    for i, up in enumerate(uset.model.ups):
+        up.register_forward_hook(lambda m, a, out, i=i: seen.append((uset.model.taps[i].block, tuple(a[0].shape),
                                                                       tuple(a[1].shape), tuple(out.shape))))
     x, t, ctx, y, pivot = inputs(family == "sdxl", 2, 9, 14, n_chunks=2)
     run_unet(patch.apply_upsamplers(model, uset, pivot, 1.0, 100.0), x, t, ctx, y, n_chunks=2)
     # x 9x14 -> pivot 5x7 -> taps /2: 3x4 -> x2 6x8 (fitted to h's 5x7 by the patch)
-    assert [s[0] for s in seen] == [tp.block for tp in uset.taps]
+    assert [s[0] for s in seen] == [tp.block for tp in uset.model.taps]
     for block, fin, emb, out in seen:
         ch = dict((b, c) for b, c, _ in expected)[block]
         assert fin == (4, ch, 3, 4) and emb == (4, 128) and out == (4, ch, 6, 8)
@@ -166,7 +173,7 @@ def sample(model, h=8, w=12, cfg=4.0, batch=1, steps=3, seed=0, sdxl=False):
 
 def record_calls(uset):
     calls = []
-    for i, up in enumerate(uset.ups):
+    for i, up in enumerate(uset.model.ups):
         up.register_forward_hook(lambda m, a, out, i=i: calls.append((i, tuple(a[0].shape))))
     return calls
 
@@ -186,7 +193,7 @@ def test_real_sampling_cfg_on_and_off_batch_and_non_square(mods, family, cfg):
     chunks = 1 if cfg == 1.0 else 2
     # euler/normal 3 steps on a 1000-step eps model: timesteps 999, ~500 (> 100) and ~0 (off). The set
     # runs at every step (the gate is applied on the device, test_wrapper_reads_nothing_back_...)
-    assert len(calls) == 3 * len(uset.taps)
+    assert len(calls) == 3 * len(uset.model.taps)
     # pivot 3x5 at tap /2: 2x3 (the tiny UNet's taps are all at /2), batch 2 per cond/uncond chunk
     assert all(shape[0] == 2 * chunks and shape[-2:] == (2, 3) for _, shape in calls)
     assert not torch.equal(out, sample(model, 6, 10, cfg, batch=2, sdxl=sdxl))
@@ -227,19 +234,19 @@ def test_composes_with_freeu_and_deep_shrink(mods, plain_sample, other):
         calls.clear()
         ours = lambda m: patch.apply_upsamplers(m, uset, pivot, 1.0, 100.0)  # noqa: E731
         out = sample(apply_other(ours(model)) if ours_first else ours(apply_other(model)))
-        assert torch.isfinite(out).all() and len(calls) == 3 * len(uset.taps), ours_first  # ours still active
+        assert torch.isfinite(out).all() and len(calls) == 3 * len(uset.model.taps), ours_first  # ours still active
         assert not torch.equal(out, only_other)
 
 
-def test_injection_trains_through_the_patch_and_pivot_can_be_swapped(mods):
+def test_training_patch_trains_through_the_wrapper_and_pivot_can_be_swapped(mods):
     """The training node's use: gradients reach only the upsamplers; assigning .pivot changes the features."""
     import comfy.patcher_extension
 
     patch, _, _ = mods
     model = tiny_models.tiny_sd15(0)
-    uset = fresh_set(model, mods, "light")
+    uset = plain_set(model, mods, "light")
     x, t, ctx, y, pivot = inputs(False, 1, 8, 8)
-    inj = patch.UpsamplerInjection(uset, pivot, 1.0, 100.0)
+    inj = patch.TrainingPatch(uset, pivot, 1.0, 100.0)
     patched = inj.install(model)
     unet = model.get_model_object("diffusion_model")
     to = {"cond_or_uncond": [0], "wrappers": comfy.patcher_extension.copy_nested_dicts(patched.wrappers)}

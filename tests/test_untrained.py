@@ -23,7 +23,8 @@ def test_fresh_set_fits_the_model_and_is_nearest_x2(pack, builder):
     from self_cascade.upsampler.taps import derive_taps, emb_dim
 
     model = getattr(tiny_models, builder)(seed=0)
-    uset, strength = SelfCascadeUntrainedUpsamplers.execute(model).result
+    managed, strength = SelfCascadeUntrainedUpsamplers.execute(model).result
+    uset = managed.model  # a ModelPatcher over the set, as every node passes the set on
     unet = model.model.diffusion_model
     check_compatible(uset, derive_taps(unet), emb_dim(unet), model_family(model))  # raises if it does not fit
     assert uset.info.extra.get("untrained") is True and strength > 0
@@ -33,7 +34,7 @@ def test_fresh_set_fits_the_model_and_is_nearest_x2(pack, builder):
         emb = torch.randn(2, uset.info.emb_dim, generator=g)
         assert torch.equal(uset(i, f, emb), up2(f)), f"tap {tap.block} is not exactly nearest x2"
     again, _ = SelfCascadeUntrainedUpsamplers.execute(model).result
-    a, b = uset.state_dict(), again.state_dict()
+    a, b = uset.state_dict(), again.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the fresh set is not reproducible"
 
 

@@ -57,9 +57,11 @@ def test_cascade_stage_uses_the_upsamplers(pack, family):
 
     sdxl = family == "sdxl"
     model = tiny_models.tiny_sdxl(0) if sdxl else tiny_models.tiny_sd15(0)
-    uset = fresh(model, "official")
+    from self_cascade.nodes.managed import upsampler_patcher
+
+    uset = upsampler_patcher(fresh(model, "official"))  # what the loader node returns
     calls = []
-    uset.ups[0].register_forward_hook(lambda m, a, out: calls.append(tuple(out.shape)))
+    uset.model.ups[0].register_forward_hook(lambda m, a, out: calls.append(tuple(out.shape)))
     latent = {"samples": torch.randn(1, 4, 4, 6, generator=torch.Generator().manual_seed(1))}
     kw = dict(scale=2.0, upscale_method="bicubic", seed=0, steps=6, cfg=4.0, sampler_name="euler",
               scheduler="normal", K=700.0, disable_pbar=True)

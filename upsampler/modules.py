@@ -4,6 +4,10 @@ Each upsampler maps a pivot feature (B, C, h, w) and the UNet's time embedding `
 to (B, C, 2h, 2w). Both variants are EXACTLY a nearest x2 upsample at initialisation (their
 last layer is zero-initialised and the skip is the identity / nearest upsample), so a fresh set
 leaves the model's features of the pivot unchanged apart from the upsampling.
+
+Every module takes ``operations``: the namespace its Conv2d/Linear/GroupNorm classes come from
+(``torch.nn`` by default, so this package stays pure torch; ComfyUI's ``comfy.ops`` classes when
+the set is run by ComfyUI's model management, as ``openaimodel.UNetModel`` takes them).
 """
 from __future__ import annotations
 
@@ -40,14 +44,15 @@ class TimeAwareResBlock(nn.Module):
     ``out_layers.0/3``) so the converter maps keys one to one.
     """
 
-    def __init__(self, channels: int, emb_dim: int, up: bool, zero_out: bool = True):
+    def __init__(self, channels: int, emb_dim: int, up: bool, zero_out: bool = True, operations=nn):
         super().__init__()
+        ops = operations
         self.up = up
-        self.in_layers = nn.Sequential(nn.GroupNorm(_groups(channels), channels), nn.SiLU(),
-                                       nn.Conv2d(channels, channels, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, channels))
-        self.out_layers = nn.Sequential(nn.GroupNorm(_groups(channels), channels), nn.SiLU(),
-                                        nn.Dropout(0.0), nn.Conv2d(channels, channels, 3, padding=1))
+        self.in_layers = nn.Sequential(ops.GroupNorm(_groups(channels), channels), nn.SiLU(),
+                                       ops.Conv2d(channels, channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), ops.Linear(emb_dim, channels))
+        self.out_layers = nn.Sequential(ops.GroupNorm(_groups(channels), channels), nn.SiLU(),
+                                        nn.Dropout(0.0), ops.Conv2d(channels, channels, 3, padding=1))
         if zero_out:
             nn.init.zeros_(self.out_layers[-1].weight)
             nn.init.zeros_(self.out_layers[-1].bias)
@@ -66,10 +71,10 @@ class TimeAwareResBlock(nn.Module):
 class TimeAwareUpsampler(nn.Module):
     """The official upsampler: ResBlock(up=True) then ResBlock, both time-aware (about 36 M at C=1280)."""
 
-    def __init__(self, channels: int, emb_dim: int, size: int = 0):
+    def __init__(self, channels: int, emb_dim: int, size: int = 0, operations=nn):
         super().__init__()
-        self.blocks = nn.ModuleList([TimeAwareResBlock(channels, emb_dim, up=True),
-                                     TimeAwareResBlock(channels, emb_dim, up=False)])
+        self.blocks = nn.ModuleList([TimeAwareResBlock(channels, emb_dim, up=True, operations=operations),
+                                     TimeAwareResBlock(channels, emb_dim, up=False, operations=operations)])
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -81,13 +86,13 @@ class LightUpsampler(nn.Module):
     """Bottleneck variant: 1x1 C->c, the official two time-aware ResBlocks at width c, 1x1 c->C
     (zero-initialised), plus a nearest x2 skip. ``size`` is the bottleneck width c."""
 
-    def __init__(self, channels: int, emb_dim: int, size: int = 56):
+    def __init__(self, channels: int, emb_dim: int, size: int = 56, operations=nn):
         super().__init__()
         width = max(1, min(int(size), channels))
-        self.proj_in = nn.Conv2d(channels, width, 1)
-        self.blocks = nn.ModuleList([TimeAwareResBlock(width, emb_dim, up=True, zero_out=False),
-                                     TimeAwareResBlock(width, emb_dim, up=False, zero_out=False)])
-        self.proj_out = nn.Conv2d(width, channels, 1)
+        self.proj_in = operations.Conv2d(channels, width, 1)
+        self.blocks = nn.ModuleList([TimeAwareResBlock(width, emb_dim, up=True, zero_out=False, operations=operations),
+                                     TimeAwareResBlock(width, emb_dim, up=False, zero_out=False, operations=operations)])
+        self.proj_out = operations.Conv2d(width, channels, 1)
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
@@ -98,8 +103,8 @@ class LightUpsampler(nn.Module):
         return up2(x) + self.proj_out(h)
 
 
-#: Variant name -> (factory(channels, emb_dim, size), default size, what size means).
-VARIANTS: dict[str, tuple[Callable[[int, int, int], nn.Module], int, str]] = {
+#: Variant name -> (factory(channels, emb_dim, size, operations=...), default size, what size means).
+VARIANTS: dict[str, tuple[Callable[..., nn.Module], int, str]] = {
     "official": (TimeAwareUpsampler, 0, "unused"),
     "light": (LightUpsampler, 56, "bottleneck width"),
 }
@@ -135,9 +140,9 @@ class UpsamplerInfo:
 
 
 class UpsamplerSet(nn.Module):
-    """N time-aware upsamplers, one per tap (``ups[i]`` serves ``taps[i]``)."""
+    """N time-aware upsamplers, one per tap (``ups[i]`` serves ``taps[i]``); layers from ``operations``."""
 
-    def __init__(self, info: UpsamplerInfo):
+    def __init__(self, info: UpsamplerInfo, operations=nn):
         super().__init__()
         if info.variant not in VARIANTS:
             raise ValueError(f"unknown upsampler variant {info.variant!r}; known: {sorted(VARIANTS)}")
@@ -145,7 +150,8 @@ class UpsamplerSet(nn.Module):
         if not info.size:
             info.size = default_size
         self.info = info
-        self.ups = nn.ModuleList([factory(t.channels, info.emb_dim, info.size) for t in info.taps])
+        self.ups = nn.ModuleList([factory(t.channels, info.emb_dim, info.size, operations=operations)
+                                  for t in info.taps])
 
     @property
     def taps(self) -> list[Tap]:

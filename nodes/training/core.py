@@ -1,7 +1,7 @@
 """The training core: ``train_upsamplers`` (images + a VAE encode) and ``train_on_pairs`` (already
 encoded training pairs), shared by the ComfyUI node, the command-line trainer and the benchmark.
 
-The loss runs through the real tuned patch (``nodes.patch.UpsamplerInjection``) on ComfyUI's
+The loss runs through the real tuned patch (``nodes.patch.TrainingPatch``) on ComfyUI's
 sampling path (see loop.py), so training and inference share one code path.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ...upsampler.checkpoint import load_checkpoint
 from ...upsampler.fileformat import save_upsamplers
 from ...upsampler.modules import UpsamplerSet
 from ..common import SelfCascadeError
-from ..patch import UpsamplerInjection, check_unet
+from ..patch import TrainingPatch, check_unet
 from .config import TrainConfig
 from .data import TrainingImages, from_image_input
 from .hooks import CheckpointHooks, checkpoint_path_for
@@ -148,13 +148,12 @@ def train_on_pairs(model, items: Sequence[EncodedImage], conds: list, *, config:
                                 progress=progress, parallel=parallel)
 
         frozen(stack, model.model)
-        injection = UpsamplerInjection(uset, torch.zeros(1, channels, *crop), 1.0, cfg.end_timestep,
-                                       dtype=torch.float32)
-        patched = injection.install(model)
+        training_patch = TrainingPatch(uset, torch.zeros(1, channels, *crop), 1.0, cfg.end_timestep)
+        patched = training_patch.install(model)
         gradient_checkpointing(stack, unet, cfg, model.load_device)
 
         def set_pivot(p: torch.Tensor) -> None:
-            injection.pivot = p
+            training_patch.pivot = p
 
         sampler = UpsamplerTrainingSampler(
             total_steps=cfg.steps, state=state,
