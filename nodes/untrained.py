@@ -51,7 +51,8 @@ class SelfCascadeUntrainedUpsamplers(io.ComfyNode):
             node_id="SelfCascadeUntrainedUpsamplers",
             display_name="Self-Cascade Untrained Upsamplers (experimental, untrained)",
             category=f"{CATEGORY}/tuned",
-            description="EXPERIMENTAL: upsamplers that need no file. A fresh set for this model's UNet: each one is "
+            description="Experimental upsamplers that need no file: try the tuned cascade before you have trained "
+                        "a set. A fresh set for this model's UNet: each one is "
                         "exactly a nearest x2 upsample, so the stage adds the pivot's own UNet features, "
                         "nearest-upsampled, to the high-resolution features. Not the paper's trained upsamplers; "
                         f"the recommended strength ({UNTRAINED_STRENGTH:g}) comes from a miniature benchmark (a toy "

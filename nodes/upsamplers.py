@@ -87,8 +87,9 @@ class SelfCascadeUpsamplerLoader(io.ComfyNode):
             node_id="SelfCascadeUpsamplerLoader",
             display_name="Self-Cascade Upsampler Loader",
             category=TUNED,
-            description="Load trained Self-Cascade feature upsamplers (.safetensors, or the official SDXL "
-                        "upsampler_only.pth, in models/self_cascade/).",
+            description="Loads a file of trained upsamplers for the tuned cascade: use it when you have a set "
+                        "you trained, or the official SDXL upsampler_only.pth, in models/self_cascade/; connect it "
+                        "to a Stage's upsamplers.",
             inputs=[io.Combo.Input("upsampler_name",
                                    options=upsampler_files(folder_paths.get_filename_list(MODEL_FOLDER), official_files()),
                                    tooltip="A set trained by SelfCascadeTrainUpsamplers, or the official SDXL "
@@ -115,8 +116,10 @@ class SelfCascadeApplyUpsamplers(io.ComfyNode):
             node_id="SelfCascadeApplyUpsamplers",
             display_name="Self-Cascade Apply Upsamplers",
             category=TUNED,
-            description="Add the previous stage's UNet features, upsampled by trained time-aware upsamplers, "
-                        "into the high-resolution denoising. Use with a KSampler at the larger size.",
+            description="Makes a model follow the previous, smaller image more closely while it samples at the "
+                        "larger size: use it with your own KSampler instead of a Stage. It adds the previous "
+                        "stage's UNet features, upsampled by trained upsamplers, into the high-resolution "
+                        "denoising.",
             inputs=[
                 io.Model.Input("model", tooltip="An SD1.x/2.x/SDXL-style UNet model (DiT/Flux: use the tuning-free path)."),
                 Upsamplers.Input("upsamplers", tooltip="From Self-Cascade Upsampler Loader."),
