@@ -85,10 +85,12 @@ def check_strength(strength: float) -> float:
 
 
 def check_end_timestep(end_timestep: float) -> float:
-    """The timestep at or below which the upsamplers switch off: must leave some steps on (< 1000)."""
-    if not float(end_timestep) < T_STEPS:
-        raise SelfCascadeError(f"'end_timestep' = {end_timestep} would switch the upsamplers off for every "
-                               f"step; use a value below {T_STEPS} (paper: 100).")
+    """The timestep at or below which the upsamplers switch off: 0..1000 on every node (1000: never on)."""
+    if not 0.0 <= float(end_timestep) <= T_STEPS:
+        raise SelfCascadeError(f"'end_timestep' = {end_timestep} is outside 0..{T_STEPS}: the upsamplers act while "
+                               f"the timestep is above it (paper: 100; {T_STEPS} = never).")
+    if float(end_timestep) == T_STEPS:
+        logger.info("Self-Cascade: end_timestep %d leaves the upsamplers off for every step.", T_STEPS)
     return float(end_timestep)
 
 
@@ -102,8 +104,8 @@ def pivot_size(samples: torch.Tensor, scale: float, width: int, height: int) -> 
                 "(or set both to 0 to use 'scale').")
         size = (height // LATENT_CELL, width // LATENT_CELL)
     else:
-        if not float(scale) >= 1.0:
-            raise SelfCascadeError(f"'scale' = {scale} would shrink the image; Self-Cascade goes up in size. "
+        if not 1.0 <= float(scale) < float("inf"):
+            raise SelfCascadeError(f"'scale' = {scale} is not a size factor >= 1 (Self-Cascade goes up in size). "
                                    "Use a scale >= 1 (2.0 = the paper's stage, 4x the pixels).")
         size = target_size(h, w, scale)
     if size[0] < h or size[1] < w:
