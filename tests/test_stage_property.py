@@ -42,7 +42,7 @@ def test_every_plan_ends_at_the_target_in_4x_steps(pack, base, grow):
         # at most 4x the pixels, up to the previous stage's rounding down to 8 px
         assert w * h <= 4 * (prev[0] + 8) * (prev[1] + 8), f"a stage far above 4x the pixels: {prev} -> {(w, h)}"
         prev = (w, h)
-    for (w0, h0), (w1, h1) in zip([base, *sizes[:-2]], sizes[:-1], strict=True):  # full stages: 4x, minus the rounding down
+    for (w0, h0), (w1, h1) in zip([base, *sizes][: len(sizes) - 1], sizes[:-1], strict=True):  # full stages: 4x, minus the rounding down
         assert (w1 + 8) * (h1 + 8) > 4 * w0 * h0 * 0.999, (base, target, sizes)
 
 
