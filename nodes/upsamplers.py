@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..upsampler.checkpoint import CKPT_SUFFIX
 from ..upsampler.convert import PTH_SUFFIX, PickleRefusedError, cache_path, load_official_cached
 from ..upsampler.fileformat import UpsamplerFileError, load_upsamplers
+from .checks import check_end_timestep, check_strength
 from .common import (
     CATEGORY,
     DEFAULT_END_TIMESTEP,
@@ -139,6 +140,7 @@ class SelfCascadeApplyUpsamplers(io.ComfyNode):
         samples = pivot.get(PIVOT_KEY) if isinstance(pivot, dict) else None
         if samples is None:
             samples = check_latent(pivot, "pivot")
+        strength, end_timestep = check_strength(strength), check_end_timestep(end_timestep)
         return io.NodeOutput(apply_upsamplers(model, upsamplers, samples, strength, end_timestep))
 
 

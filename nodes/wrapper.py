@@ -147,7 +147,8 @@ class UpsamplerWrapper:
 
     def _plain_reason(self, pivot: torch.Tensor, x: torch.Tensor, grid, run: RunState | None) -> str | None:
         full = run.full if run is not None and run.full is not None else tuple(x.shape[-2:])
-        if grid is None and tuple(x.shape[-2:]) != full:
+        cropped_along = grid is not None and tuple(grid.shape[-2:]) == tuple(x.shape[-2:])
+        if tuple(x.shape[-2:]) != full and not cropped_along:
             return (f"the model was called on a {x.shape[-2]}x{x.shape[-1]} part of the {full[0]}x{full[1]} latent "
                     "by something that does not say which part; the upsamplers are off for those calls.")
         if is_tile(pivot, full):
