@@ -4,7 +4,8 @@
 (nothing newer can run here): a ``search_aliases`` field on ``io.Schema``, an ``advanced`` argument on the
 widget inputs (echoed by ``as_dict`` as newer releases do), and core's KSampler under ``model/sampling``
 (the newer menus). The fields copy the shapes of the newer ``comfy_api/latest/_io.py``. Without the flag the
-real 0.3.75 host is used as it is. Run in a fresh interpreter by tests/test_foundation.py.
+real 0.3.75 host is used as it is. Run in a fresh interpreter by tests/test_foundation.py, with dev/ on
+PYTHONPATH (for ``hostenv``).
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "dev"))
 
 
 def _with_advanced(input_cls: type) -> type:

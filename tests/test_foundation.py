@@ -149,9 +149,11 @@ def test_pack_registers_against_the_newer_schema_fields():
     module (tests/newer_schema_stub.py: Schema.search_aliases, inputs' advanced, core's KSampler under
     model/sampling): every node registers, uses the aliases and the advanced fold, and sits next to core's."""
     import json
+    import os
 
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "dev"), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "newer_schema_stub.py"), "--newer"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     found = report["nodes"]
