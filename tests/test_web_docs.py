@@ -57,3 +57,35 @@ def test_live_server_serves_every_help_page(comfy_server, client):
         url = f"{comfy_server.url}/extensions/{module[1]}/docs/{node_id}.md"
         with urllib.request.urlopen(url, timeout=30) as r:
             assert r.read() == (DOCS / f"{node_id}.md").read_bytes(), url
+
+
+def test_help_pages_auto_k_table_is_what_the_pack_computes(pack):
+    """The K_mode auto table on the Stage and Upscale help pages: every row is the K that
+    nodes.timesteps.equal_snr_k computes for K = 700 with ComfyUI's own model_sampling class of that family
+    at its default shift (rounded to the whole timestep the table shows)."""
+    import comfy.model_sampling as cms
+    import comfy.supported_models as sm
+    from self_cascade.nodes.timesteps import equal_snr_k
+
+    class Discrete(cms.ModelSamplingDiscrete, cms.EPS):
+        pass
+
+    class Flow(cms.ModelSamplingDiscreteFlow, cms.CONST):
+        pass
+
+    class Flux(cms.ModelSamplingFlux, cms.CONST):
+        pass
+
+    def flow(shift: float):
+        ms = Flow()
+        ms.set_parameters(shift=shift)
+        return ms
+
+    families = {"SD1.x, SD2.x, SDXL": Discrete(sm.SDXL({})), "SD3 / SD3.5 (3.0)": Flow(sm.SD3({})),
+                "FLUX.1 dev (1.15)": Flux(sm.Flux({})), "FLUX.1 schnell (1.0)": Flux(sm.FluxSchnell({})),
+                "Wan 2.1 (8)": flow(8.0), "HunyuanVideo (7)": flow(7.0), "Mochi (6)": flow(6.0),
+                "Cosmos (1)": flow(1.0)}
+    want = {name: str(round(equal_snr_k(ms, 700.0))) for name, ms in families.items()}
+    for page in ("SelfCascadeStage.md", "SelfCascadeUpscale.md"):
+        rows = dict(re.findall(r"^\| ([^|]+?) \| (\d+) \|$", (DOCS / page).read_text(), re.M))
+        assert rows == want, (page, rows, want)
