@@ -81,8 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--train-steps", type=int, default=None, help="timed optimiser steps per training row "
                    "(default 3; 1 smoke), after one warm-up step")
     p.add_argument("--train-px", type=int, default=1024, help="training resolution in pixels (smoke: 64)")
-    p.add_argument("--rows", default=",".join(inference.ROWS), help="comma-separated inference rows (direct is "
-                   "the reference of the ratios)")
+    p.add_argument("--rows", default=",".join(inference.default_rows()), help="comma-separated inference rows "
+                   f"(direct is the reference of the ratios; opt-in, experimental: {', '.join(inference.OPT_IN)})")
     p.add_argument("--methods", default=",".join(training.METHODS), help="comma-separated training methods")
     p.add_argument("--base-px", type=int, default=None,
                    help="override both models' base size (a CPU check of the real-size layouts at small sizes)")

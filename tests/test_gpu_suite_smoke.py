@@ -169,3 +169,40 @@ def test_union_of_device_intervals_counts_overlaps_once(suite):
     assert union([]) == 0.0
     assert union([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4.0
     assert union([(4, 5), (0, 1)]) == 2.0
+
+
+def test_profiler_failure_keeps_the_timed_row(suite, tmp_path, monkeypatch):
+    def broken(fn, device, top=8):
+        raise RuntimeError("planted profiler failure")
+
+    monkeypatch.setattr(suite.runner.profiling, "profiled_run", broken)
+    res = _main(suite, ["--smoke", "--keep-going", "--families", "sd15", "--sections", "inference", "--rows", "direct",
+                        "--profile", "--out", str(tmp_path)])
+    (row,) = res["inference"]["sd15"]
+    assert row["status"] == "done" and row["wall_s"] > 0 and "profile" not in row
+    assert "planted profiler failure" in row["profile_error"]
+
+
+def test_opt_in_rows_stay_out_of_the_default_and_graph_replay_falls_back_to_eager_on_the_cpu(suite, tmp_path):
+    """The experimental rows run only when named; on the CPU the CUDA-graph wrapper is installed and called at
+    every UNet call, and falls back to the eager forward (same latent, bit for bit)."""
+    import comfy.sample
+    from self_cascade.benchmark.perf import graphs, inference
+
+    assert set(inference.OPT_IN) <= set(inference.ROWS)
+    assert not set(inference.OPT_IN) & set(suite.parse_args([]).rows.split(","))
+    pm = suite.runner.pm
+    spec = pm.SPECS["quick"]
+    model = pm.build_model(spec, "cpu")
+    wrapped, fwd = graphs.graphed(model)
+    pos, neg = pm.conditioning(spec, 1, 1), pm.conditioning(spec, 1, 2)
+    empty = torch.zeros(1, 4, 8, 8)
+    noise = comfy.sample.prepare_noise(empty, 0)
+    outs = [comfy.sample.sample(m, noise, 3, 5.0, "euler", "normal", pos, neg, empty, disable_pbar=True, seed=0)
+            for m in (model, wrapped)]
+    assert torch.equal(outs[0], outs[1])
+    assert fwd.eager == 3 and fwd.replays == 0 and not fwd.graphs
+    res = _main(suite, ["--smoke", "--families", "sd15", "--sections", "inference", "--rows", "direct,tf_cudagraph",
+                        "--out", str(tmp_path)])
+    (_, row) = res["inference"]["sd15"]
+    assert row["name"] == "tf_cudagraph" and row["status"] == "done" and row["finite"]

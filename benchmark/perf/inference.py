@@ -34,6 +34,7 @@ class Bench:
     batch: int = 1
     hires_denoise: float = 0.5
     upsamplers: dict = field(default_factory=dict)  # variant -> UpsamplerSet
+    cache: dict = field(default_factory=dict)  # opt-in rows' prepared models (shared by with_steps copies)
 
     def size(self, stage: int) -> int:
         """Latent side at stage ``stage`` (0 = base)."""
@@ -45,6 +46,8 @@ class Bench:
 
 #: name -> (function(Bench) -> latent, one-line description for --help and the table).
 ROWS: dict[str, tuple[Callable[[Bench], object], str]] = {}
+#: experimental rows, run only when named in --rows; their one-off set-up on CUDA (seconds, for the budget)
+OPT_IN = {"tf_cudagraph": 5.0, "tf_compile_cudagraphs": 60.0, "tf_compile": 180.0}
 
 
 def row(name: str, doc: str):
@@ -106,13 +109,21 @@ def _settings(b: Bench):
                          sampler_name=b.sampler, scheduler=b.scheduler, K=b.K)
 
 
-def _cascade(b: Bench, upsamplers=None):
+def _cascade(b: Bench, upsamplers=None, model=None):
     from self_cascade.nodes.cascade import cascade_stage
 
-    latent = {"samples": _sample_full(b, b.size(0))}
+    model = model or b.model
+    latent = {"samples": _sample_full(b, b.size(0), model)}
     for _ in range(b.stages):
-        latent = cascade_stage(b.model, b.positive, b.negative, latent, _settings(b), upsamplers, disable_pbar=True)
+        latent = cascade_stage(model, b.positive, b.negative, latent, _settings(b), upsamplers, disable_pbar=True)
     return latent["samples"]
+
+
+def _prepared(b: Bench, key: str, make):
+    """An opt-in row's model, made once per Bench (its warm-up run pays captures / compiles)."""
+    if key not in b.cache:
+        b.cache[key] = make()
+    return b.cache[key]
 
 
 @row("tf_cascade", "tuning-free Self-Cascade: base, then per stage cascade_stage (x2 per side, K -> 0)")
@@ -128,6 +139,36 @@ def t_official(b: Bench):
 @row("t_light", "tuned Self-Cascade with the light upsampler set (fresh weights: cost only)")
 def t_light(b: Bench):
     return _cascade(b, b.upsamplers["light"])
+
+
+@row("tf_cudagraph", "EXPERIMENTAL, opt-in: tf_cascade with the UNet forward at latents <= 128 per side replayed "
+                     "from CUDA graphs (benchmark/perf/graphs.py; eager elsewhere and on the CPU)")
+def tf_cudagraph(b: Bench):
+    from .graphs import graphed
+
+    return _cascade(b, model=_prepared(b, "cudagraph", lambda: graphed(b.model)[0]))
+
+
+def _compiled(b: Bench, backend: str):
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    return _prepared(b, f"compile_{backend}", lambda: TorchCompileModel.execute(b.model, backend=backend).result[0])
+
+
+@row("tf_compile_cudagraphs", "EXPERIMENTAL, opt-in: tf_cascade on ComfyUI core's TorchCompileModel, backend "
+                              "cudagraphs (compiled in the warm-up run)")
+def tf_compile_cudagraphs(b: Bench):
+    return _cascade(b, model=_compiled(b, "cudagraphs"))
+
+
+@row("tf_compile", "EXPERIMENTAL, opt-in: tf_cascade on ComfyUI core's TorchCompileModel, backend inductor "
+                   "(compiled in the warm-up run: minutes)")
+def tf_compile(b: Bench):
+    return _cascade(b, model=_compiled(b, "inductor"))
+
+
+def default_rows() -> list[str]:
+    return [name for name in ROWS if name not in OPT_IN]
 
 
 def make_upsamplers(model) -> dict:
