@@ -187,6 +187,16 @@ def _prompt(ckpt: str) -> dict:
             "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["5", 0], "scale": 2.0,
             **sampling}},
         "13": {"class_type": "SaveLatent", "inputs": {"samples": ["12", 0], "filename_prefix": "old_stage"}},
+        # The new inputs through POST /prompt: auto K (SD1.5: 700 stays 700), K_later, crop center.
+        "14": {"class_type": "SelfCascadeUpscale", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["5", 0],
+            "width": TARGET[0], "height": TARGET[1], **sampling, "K_mode": "auto", "K_later": 600.0,
+            "crop": "center"}},
+        "15": {"class_type": "SaveLatent", "inputs": {"samples": ["14", 0], "filename_prefix": "upscale_new"}},
+        "16": {"class_type": "SelfCascadeStage", "inputs": {
+            "model": ["1", 0], "positive": ["2", 0], "negative": ["3", 0], "latent": ["5", 0], "scale": 2.0,
+            **sampling, "K_mode": "auto"}},
+        "17": {"class_type": "SaveLatent", "inputs": {"samples": ["16", 0], "filename_prefix": "auto_stage"}},
     }
 
 
@@ -212,6 +222,10 @@ def test_upscale_through_the_server(comfy_server, client, tiny_checkpoint):
     assert torch.equal(plan_stage, stages[0]), "Stage driven by Stage Plan's first size != the node's first stage"
     (old,) = saved("13")
     assert tuple(old.shape) == (1, 4, 12, 8) and torch.isfinite(old).all()
+    (new,) = saved("15")
+    assert tuple(new.shape) == tuple(final.shape) and torch.isfinite(new).all() and not torch.equal(new, final)
+    (auto,) = saved("17")
+    assert torch.equal(auto, old), "K_mode auto on an SD1.5 checkpoint must be the old stage (K 700)"
 
 
 def test_k_later_and_k_mode(pack, tiny_model, cond):
