@@ -13,7 +13,7 @@ from comfy_api.latest import io
 
 from .common import CATEGORY, DEFAULT_END_TIMESTEP, DEFAULT_K, K_MAX, K_MIN, SEED_MAX, SelfCascadeError, Upsamplers
 from .managed import upsampler_patcher
-from .training import TrainConfig, checkpoint_path_for, save_path_for, train_upsamplers
+from .training import TrainConfig, preflight, save_path_for, train_upsamplers
 from .training.data import from_image_input
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,10 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
             display_name="Self-Cascade Train Upsamplers",
             category=f"{CATEGORY}/training",
             is_experimental=True,
-            description="Train the time-aware feature upsamplers of the tuned Self-Cascade with the frozen model "
-                        "(paper Algorithm 1). Saves to models/self_cascade/<save_name>.safetensors, checkpoints "
-                        "beside it; cancel keeps a resumable checkpoint.",
+            description="Teaches a small upsampler set from your own high-resolution images, for the tuned "
+                        "cascade on a model that has no published set (SD1.5/2.1); your model itself is not "
+                        "changed. Saves to models/self_cascade/<save_name>.safetensors, checkpoints beside it; "
+                        "cancel keeps a resumable checkpoint (the paper's Algorithm 1).",
             inputs=[
                 io.Model.Input("model", tooltip="The base model (frozen; its weights are never changed)."),
                 io.Vae.Input("vae", tooltip="The VAE of this model: encodes the training crops and their pivots."),
@@ -53,7 +54,8 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
                 io.Conditioning.Input("conditioning", optional=True, tooltip="Use this conditioning for every image "
                                       "instead of clip + prompt/captions."),
                 io.Float.Input("caption_dropout", default=0.1, min=0.0, max=1.0, step=0.01, tooltip="Share of samples "
-                               "trained with the empty prompt (official code: about 10%). Needs clip; 0 = off."),
+                               "trained with the empty prompt (official code: about 10%). Needs clip (off without "
+                               "it); 0 = off."),
                 io.Int.Input("width", default=1024, min=16, max=8192, step=8, tooltip="Training crop width in pixels "
                              "(the high-resolution size, e.g. 2x the model's native size)."),
                 io.Int.Input("height", default=1024, min=16, max=8192, step=8, tooltip="Training crop height in pixels."),
@@ -92,24 +94,11 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder: str = "", save_name: str = "", **kwargs):
-        """Re-run when the folder's files or the saved files change (ComfyUI caches otherwise)."""
-        import folder_paths
-
-        from .common import model_folder_path
-        from .training.data import resolve_input_folder
-
+    def fingerprint_inputs(cls, folder: str = "", **kwargs):
+        """Re-run when the folder's files change (ComfyUI compares the other inputs itself). The node's own
+        output file is not part of it: a finished prompt queued again is served from the cache."""
         try:
-            stamp = []
-            if folder and folder.strip():
-                path = resolve_input_folder(folder, folder_paths.get_input_directory())
-                for name in sorted(os.listdir(path)):
-                    st = os.stat(os.path.join(path, name))
-                    stamp.append((name, st.st_mtime_ns, st.st_size))
-            final = save_path_for(save_name, model_folder_path())
-            for f in (final, checkpoint_path_for(final)):
-                stamp.append((os.path.basename(f), os.stat(f).st_mtime_ns if os.path.exists(f) else None))
-            return repr(stamp)
+            return repr(_folder_stamp(folder))
         except (OSError, ValueError):
             return float("nan")  # never equal: run, and let execute() report the problem
 
@@ -123,6 +112,7 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
         from ..upsampler.losscurve import draw_loss_curve
         from .common import model_folder_path
         from .training.data import TrainingImages, load_folder
+        from .training.identity import finished_run, run_id
 
         save_path = save_path_for(save_name, model_folder_path())
         data = TrainingImages()
@@ -130,11 +120,12 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
             data.extend(from_image_input(images))
         if folder and folder.strip():
             data.extend(load_folder(folder, folder_paths.get_input_directory()))
-        if len(data) == 0:
-            raise SelfCascadeError("no training images: connect 'images' or name a 'folder' under ComfyUI's input/.")
-        if (caption_dropout > 0 or pivot_mode == "generated") and clip is None:
-            raise SelfCascadeError("caption_dropout > 0 and pivot_mode 'generated' need 'clip' (for the empty "
-                                   "prompt); connect clip or set caption_dropout to 0.")
+        if pivot_mode == "generated" and clip is None:
+            raise SelfCascadeError("pivot_mode 'generated' needs 'clip' (it samples pivots from the captions); "
+                                   "connect clip or use pivot_mode 'downsample'.")
+        if caption_dropout > 0 and clip is None:
+            logger.info("Self-Cascade training: caption_dropout %g is off: it needs 'clip' (for the empty prompt), "
+                        "and only 'conditioning' is connected.", caption_dropout)
         if conditioning is not None:
             positive = conditioning
         elif clip is not None:
@@ -143,14 +134,20 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
             positive = [cache.setdefault(t, _encode_text(clip, t)) if t not in cache else cache[t] for t in texts]
         else:
             raise SelfCascadeError("connect 'clip' (with a prompt or captions) or a 'conditioning'.")
-        empty = _encode_text(clip, "") if clip is not None else None
         cfg = TrainConfig(width=width, height=height, scale=scale, steps=steps, learning_rate=learning_rate,
                           batch_size=batch_size, K=K, end_timestep=end_timestep, pivot_mode=pivot_mode,
                           variant=variant, variant_size=variant_size, seed=seed, checkpoint_every=checkpoint_every,
                           caption_dropout=caption_dropout if clip is not None else 0.0)
+        preflight(cfg, n_images=len(data), has_empty=clip is not None)
+        rid = run_id(cfg, model, vae, [images, _folder_stamp(folder)], [prompt, *map(str, data.captions)], positive)
+        done = None if resume else finished_run(save_path, rid)
+        if done is not None:
+            return io.NodeOutput(upsampler_patcher(done[0]), draw_loss_curve(done[1]))
+        empty = _encode_text(clip, "") if clip is not None else None
         bar = comfy.utils.ProgressBar(steps)
         result = train_upsamplers(model, data, vae.encode, positive, config=cfg, save_path=save_path, resume=resume,
-                                  progress=lambda step, total, loss: bar.update_absolute(step, total), empty=empty)
+                                  progress=lambda step, total, loss: bar.update_absolute(step, total), empty=empty,
+                                  run_id=rid)
         if result.file_path is None:
             where = (f"the last good checkpoint (step {result.checkpoint_step}) is kept at {result.checkpoint_path}"
                      if result.checkpoint_step else "no checkpoint had been written yet")
@@ -159,6 +156,18 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
         logger.info("Self-Cascade training: saved %s (%d steps, %.1f s).", result.file_path, result.steps_done,
                     result.seconds)
         return io.NodeOutput(upsampler_patcher(result.upsamplers), draw_loss_curve(result.losses))
+
+
+def _folder_stamp(folder: str) -> list:
+    """(name, mtime, size) of every file of the training folder under ComfyUI's input/ (empty: no folder)."""
+    import folder_paths
+
+    from .training.data import resolve_input_folder
+
+    if not (folder and folder.strip()):
+        return []
+    path = resolve_input_folder(folder, folder_paths.get_input_directory())
+    return [(name, (st := os.stat(os.path.join(path, name))).st_mtime_ns, st.st_size) for name in sorted(os.listdir(path))]
 
 
 NODES = (SelfCascadeTrainUpsamplers,)

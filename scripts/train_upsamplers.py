@@ -244,7 +244,14 @@ def _kill_hook(rank: int) -> int | None:
 
 def run(args, parallel) -> int:
     from self_cascade.nodes.common import SelfCascadeError
-    from self_cascade.nodes.training import Parallel, TrainConfig, checkpoint_path_for, save_path_for, train_on_pairs
+    from self_cascade.nodes.training import (
+        Parallel,
+        TrainConfig,
+        checkpoint_path_for,
+        preflight,
+        save_path_for,
+        train_on_pairs,
+    )
     from self_cascade.nodes.training.folder import cached_keys, encode_folder, scan_folder
 
     writer = parallel.is_writer
@@ -256,11 +263,7 @@ def run(args, parallel) -> int:
                       caption_dropout=args.caption_dropout_rate, gradient_checkpointing=args.gradient_checkpointing,
                       mixed_precision="fp32" if args.mixed_precision == "no" else args.mixed_precision,
                       log_every=args.log_every)
-    cfg.validate()
-    cfg.latent_sizes()
-    if cfg.batch_size < parallel.world_size:
-        raise SelfCascadeError(f"--global_batch_size {cfg.batch_size} < {parallel.world_size} processes: each needs at "
-                               "least one sample per step.")
+    preflight(cfg, world_size=parallel.world_size)
     if bool(args.checkpoint) == bool(args.unet):
         raise SelfCascadeError("give either --checkpoint or --unet (with --clip and --vae).")
     for path, flag in ((args.checkpoint, "--checkpoint"), (args.unet, "--unet"), (args.vae, "--vae"),
@@ -311,8 +314,7 @@ def run(args, parallel) -> int:
         if writer:
             print(f"cached {len(items)} images in {cache_dir}")
         return 0
-    if not items:
-        raise SelfCascadeError("no training images left after skipping the unreadable ones.")
+    preflight(cfg, n_images=len(items), world_size=parallel.world_size)
     conds = [encode_text(t) for t in texts]
     empty = encode_text("") if cfg.caption_dropout > 0 or cfg.pivot_mode == "generated" else None
     if writer:

@@ -348,7 +348,7 @@ def test_comfy_interrupt_saves_checkpoint_and_existing_name_is_kept(pack, tiny_m
                          config=config(pack, steps=5, batch_size=1, width=80, height=80), interrupt_check=lambda: None)
 
 
-def test_fingerprint_follows_folder_and_saved_files(pack, monkeypatch, tmp_path):
+def test_fingerprint_follows_the_folder_not_the_output_file(pack, monkeypatch, tmp_path):
     import folder_paths
     from PIL import Image
     from self_cascade.nodes.train import SelfCascadeTrainUpsamplers as Node
@@ -363,7 +363,33 @@ def test_fingerprint_follows_folder_and_saved_files(pack, monkeypatch, tmp_path)
     Image.new("RGB", (8, 8)).save(tmp_path / "input" / "imgs" / "b.png")
     second = Node.fingerprint_inputs(folder="imgs", save_name="x")
     assert second != first
-    (tmp_path / "sc" / "x.safetensors").write_bytes(b"0")
-    assert Node.fingerprint_inputs(folder="imgs", save_name="x") != second
+    (tmp_path / "sc").mkdir(exist_ok=True)
+    (tmp_path / "sc" / "x.safetensors").write_bytes(b"0")  # the node's own output: a re-queue is served from cache
+    assert Node.fingerprint_inputs(folder="imgs", save_name="x") == second
     bad = Node.fingerprint_inputs(folder="../etc", save_name="x")
     assert bad != bad  # NaN: always re-run so execute() reports the error
+
+
+def test_node_with_conditioning_only_trains_with_the_default_caption_dropout(pack, tiny_model, monkeypatch, tmp_path):
+    """caption_dropout defaults to 0.1 and needs clip for the empty prompt: with only 'conditioning' connected
+    the node trains (dropout off, said in the log) instead of failing; pivot_mode 'generated' still needs clip."""
+    import folder_paths
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.train import SelfCascadeTrainUpsamplers
+
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path))
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "self_cascade", ([str(tmp_path / "self_cascade")], {".safetensors"}))
+
+    class VAE:
+        def encode(self, px):
+            return fake_vae_encode(px)
+
+    kw = dict(width=64, height=64, scale=2.0, steps=2, learning_rate=1e-3, batch_size=1, K=700.0, end_timestep=100.0,
+              variant="light", variant_size=8, seed=0, checkpoint_every=0, resume=False, images=make_images(1),
+              conditioning=cond())
+    managed, curve = SelfCascadeTrainUpsamplers.execute(model=tiny_model, vae=VAE(), pivot_mode="downsample",
+                                                        save_name="d_cond_only", **kw).result
+    assert managed.model.info.steps == 2 and curve.shape[-1] == 3
+    assert (tmp_path / "self_cascade" / "d_cond_only.safetensors").is_file()
+    with pytest.raises(SelfCascadeError, match="pivot_mode 'generated' needs 'clip'"):
+        SelfCascadeTrainUpsamplers.execute(model=tiny_model, vae=VAE(), pivot_mode="generated", save_name="d_gen", **kw)

@@ -37,13 +37,13 @@ def _run(client, prompt: dict, timeout: float) -> dict:
         raise ExecutionFailed(f"{e}\n{tb}", e.details) from None
 
 
-def _train_prompt(ckpt: str, folder: str, save_name: str, steps: int = 3) -> dict:
+def _train_prompt(ckpt: str, folder: str, save_name: str, steps: int = 3, learning_rate: float = 1e-3) -> dict:
     return {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
         "2": {"class_type": "SelfCascadeTrainUpsamplers", "inputs": {
             "model": ["1", 0], "vae": ["1", 2], "clip": ["1", 1], "folder": folder, "prompt": "a pattern",
             "caption_dropout": 0.3, "width": 64, "height": 64, "scale": 2.0, "steps": steps,
-            "learning_rate": 1e-3, "batch_size": 1, "K": 700.0, "end_timestep": 100.0, "pivot_mode": "downsample",
+            "learning_rate": learning_rate, "batch_size": 1, "K": 700.0, "end_timestep": 100.0, "pivot_mode": "downsample",
             "variant": "light", "variant_size": 16, "seed": 1, "save_name": save_name, "checkpoint_every": 2,
             "resume": False}},
         "3": {"class_type": "PreviewImage", "inputs": {"images": ["2", 1]}},
@@ -105,3 +105,27 @@ def test_training_node_bad_input_is_a_clear_error(comfy_server, client, tiny_che
     with pytest.raises(ExecutionFailed, match=message):
         client.run(_train_prompt(tiny_checkpoint, folder, save_name), timeout=120)
     assert not (comfy_server.base_dir / "models" / "self_cascade" / f"{save_name}.safetensors").exists()
+
+
+def test_a_finished_training_prompt_queued_again_never_fails_nor_overwrites(comfy_server, client, tiny_checkpoint):
+    """Queue a finished training graph again, unchanged: served from ComfyUI's cache. After another prompt
+    evicted it, again: the node finds its own finished file and returns it (the file is not rewritten). A
+    different run with the same save_name is refused and leaves the file as it was."""
+    from comfy_client import ExecutionFailed
+
+    _write_images(comfy_server.base_dir / "input" / "train_q")
+    prompt = _train_prompt(tiny_checkpoint, "train_q", "d_requeue", steps=2)
+    _run(client, prompt, timeout=300)
+    out = comfy_server.base_dir / "models" / "self_cascade" / "d_requeue.safetensors"
+    first = (out.read_bytes(), out.stat().st_mtime_ns)
+    again = _run(client, prompt, timeout=300)
+    assert again["outputs"]["3"]["images"]
+    other = {"9": {"class_type": "EmptyLatentImage", "inputs": {"width": 16, "height": 16, "batch_size": 1}},
+             "10": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "d_requeue_other"}}}
+    _run(client, other, timeout=120)  # the training node's outputs leave the cache
+    third = _run(client, prompt, timeout=300)
+    assert third["outputs"]["3"]["images"]
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == first, "the finished file was rewritten"
+    with pytest.raises(ExecutionFailed, match="already exists"):
+        client.run(_train_prompt(tiny_checkpoint, "train_q", "d_requeue", steps=2, learning_rate=2e-3), timeout=300)
+    assert (out.read_bytes(), out.stat().st_mtime_ns) == first, "a different run overwrote the file"

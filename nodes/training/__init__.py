@@ -13,10 +13,10 @@ The node ``nodes/train.py`` and ``scripts/train_upsamplers.py`` both call ``core
 """
 from __future__ import annotations
 
-from .config import PIVOT_MODES, TrainConfig
+from .config import PIVOT_MODES, TrainConfig, preflight
 from .core import TrainResult, train_on_pairs, train_upsamplers
 from .hooks import checkpoint_path_for, save_path_for
 from .parallel import Parallel
 
-__all__ = ["PIVOT_MODES", "Parallel", "TrainConfig", "TrainResult", "checkpoint_path_for", "save_path_for",
-           "train_on_pairs", "train_upsamplers"]
+__all__ = ["PIVOT_MODES", "Parallel", "TrainConfig", "TrainResult", "checkpoint_path_for", "preflight",
+           "save_path_for", "train_on_pairs", "train_upsamplers"]

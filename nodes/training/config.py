@@ -78,3 +78,25 @@ class TrainConfig:
                 f"{self.width}x{self.height} px is not reachable from a whole-latent pivot with scale {self.scale}; "
                 f"use e.g. {round(pivot[1] * self.scale) * cell}x{round(pivot[0] * self.scale) * cell}.")
         return crop, pivot
+
+
+def preflight(cfg: TrainConfig, *, n_images: int | None = None, has_empty: bool = True,
+              world_size: int = 1) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Every rule a run's inputs must meet before anything is encoded or trained, in one place (the node, the
+    training core and the command-line trainer all call it). Returns :meth:`TrainConfig.latent_sizes`.
+
+    ``n_images``: how many training images there are (None: not known yet); ``has_empty``: whether the
+    empty-prompt conditioning exists (caption dropout needs it); ``world_size``: processes sharing a batch.
+    """
+    cfg.validate()
+    sizes = cfg.latent_sizes()
+    if n_images is not None and n_images < 1:
+        raise SelfCascadeError("no training images: give images (the node's 'images' input or a folder), at least "
+                               "one of them readable.")
+    if cfg.caption_dropout > 0 and not has_empty:
+        raise SelfCascadeError("caption_dropout > 0 needs the empty-prompt conditioning; connect a text encoder "
+                               "(clip) or set caption_dropout to 0.")
+    if cfg.batch_size < world_size:
+        raise SelfCascadeError(f"batch_size {cfg.batch_size} is smaller than the {world_size} processes; each process "
+                               "needs at least one sample per step (batch_size is the global batch).")
+    return sizes

@@ -20,7 +20,7 @@ from ...upsampler.fileformat import save_upsamplers
 from ...upsampler.modules import UpsamplerSet
 from ..common import SelfCascadeError
 from ..patch import TrainingPatch, check_unet
-from .config import TrainConfig
+from .config import TrainConfig, preflight
 from .data import TrainingImages, from_image_input
 from .hooks import CheckpointHooks, checkpoint_path_for
 from .loop import LoopState, UpsamplerTrainingSampler, training_guider
@@ -49,7 +49,8 @@ class TrainResult:
 
 def train_upsamplers(model, images, encode: Callable, positive, *, config: TrainConfig, save_path: str | None = None,
                      resume: bool = False, interrupt_check: Callable[[], None] | None = None,
-                     progress: Callable[[int, int, float], None] | None = None, empty=None) -> TrainResult:
+                     progress: Callable[[int, int, float], None] | None = None, empty=None,
+                     run_id: str | None = None) -> TrainResult:
     """Train a fresh (or resumed) upsampler set for ``model`` on ``images``; see docs/TRAINING.md.
 
     ``images``: IMAGE (N, H, W, 3) 0..1, a list of them, or a TrainingImages (folder input).
@@ -58,19 +59,17 @@ def train_upsamplers(model, images, encode: Callable, positive, *, config: Train
     empty-prompt CONDITIONING used for caption dropout (required when ``caption_dropout > 0``).
     ``save_path``: final ``.safetensors``; checkpoints go to ``<name>.ckpt.safetensors`` beside it.
     Cancel (``interrupt_check`` or ComfyUI's interrupt) saves a resumable checkpoint, then re-raises.
+    ``run_id``: a digest of the run's inputs kept in the saved set's metadata (``training/identity.py``).
     """
-    config.validate()
-    config.latent_sizes()
     data = images if isinstance(images, TrainingImages) else from_image_input(images)
+    preflight(config, n_images=len(data), has_empty=empty is not None)
     channels = int(check_unet(model).in_channels)
-    if config.caption_dropout > 0 and empty is None:
-        raise SelfCascadeError("caption_dropout > 0 needs the empty-prompt conditioning ('empty').")
     conds, cond_of_image = split_conditioning(positive, len(data))
     _check_outputs(save_path, resume, Parallel())
     with torch.inference_mode(False):
         items = encode_images(data, encode, config, channels, cond_of_image)
     return train_on_pairs(model, items, conds, config=config, save_path=save_path, resume=resume,
-                          interrupt_check=interrupt_check, progress=progress, empty=empty)
+                          interrupt_check=interrupt_check, progress=progress, empty=empty, run_id=run_id)
 
 
 def _check_outputs(save_path: str | None, resume: bool, parallel: Parallel) -> None:
@@ -101,7 +100,7 @@ def train_on_pairs(model, items: Sequence[EncodedImage], conds: list, *, config:
                    save_path: str | None = None, resume: bool = False,
                    interrupt_check: Callable[[], None] | None = None,
                    progress: Callable[[int, int, float], None] | None = None, empty=None,
-                   parallel: Parallel | None = None) -> TrainResult:
+                   parallel: Parallel | None = None, run_id: str | None = None) -> TrainResult:
     """Train on encoded pairs: ``items[i].cond`` indexes ``conds`` (a list of CONDITIONINGs); ``empty``
     as in :func:`train_upsamplers`. With ``parallel`` (several processes, torch.distributed set up),
     every process passes the same items and settings, trains its share of each global batch, and
@@ -109,15 +108,7 @@ def train_on_pairs(model, items: Sequence[EncodedImage], conds: list, *, config:
     import comfy.model_management
 
     cfg, parallel = config, parallel or Parallel()
-    cfg.validate()
-    crop, _ = cfg.latent_sizes()
-    if not items:
-        raise SelfCascadeError("no training images.")
-    if cfg.batch_size < parallel.world_size:
-        raise SelfCascadeError(f"batch_size {cfg.batch_size} is smaller than the {parallel.world_size} processes; "
-                               "each process needs at least one sample per step (batch_size is the global batch).")
-    if cfg.caption_dropout > 0 and empty is None:
-        raise SelfCascadeError("caption_dropout > 0 needs the empty-prompt conditioning ('empty').")
+    crop, _ = preflight(cfg, n_images=len(items), has_empty=empty is not None, world_size=parallel.world_size)
     unet = check_unet(model)
     channels = int(unet.in_channels)
     ckpt_path = checkpoint_path_for(save_path) if save_path else None
@@ -171,6 +162,8 @@ def train_on_pairs(model, items: Sequence[EncodedImage], conds: list, *, config:
     uset.info.steps = state.step
     uset.info.extra.update(pivot_mode=cfg.pivot_mode, train_size=[cfg.width, cfg.height],
                            learning_rate=cfg.learning_rate, batch_size=cfg.batch_size)
+    if run_id:
+        uset.info.extra["run_id"] = run_id
     result = TrainResult(upsamplers=uset, losses=state.losses, steps_done=state.step,
                          seconds=time.perf_counter() - started, stopped_reason=state.stopped_reason,
                          checkpoint_path=ckpt_path, checkpoint_step=hooks.saved_step)
