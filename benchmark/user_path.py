@@ -53,8 +53,9 @@ CONFIGS = {"default": dict(flags=[], card=None, workflows=[SD15, IMAGE, SDXL]),
            "8gb": dict(flags=[], card=8.0, workflows=[SDXL, SD15]),
            "lowvram": dict(flags=["--lowvram"], card=None, workflows=[SDXL, SD15])}
 #: first guesses of a row's seconds (full size, shipped steps) until a row of the workflow has run; server start
-GUESS = {SD15: 45.0, IMAGE: 35.0, SDXL: 120.0, "start": 45.0}
+GUESS = {SD15: 30.0, IMAGE: 25.0, SDXL: 90.0, "start": 35.0}
 SLOWER = {"default": 1.0, "12gb": 1.5, "8gb": 2.5, "lowvram": 2.5}
+SHIPPED_STEPS = 30  # the shipped workflows' steps (the estimates scale the sampling part, ~70% of a row, with steps)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -182,7 +183,10 @@ class Run:
         cmd += ["--upsampler", have["pth"]] if wf == SDXL else []
         cmd += ["--image", str(self.image)] if wf == IMAGE else []
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            return dict(wall_s=round(time.monotonic() - t0, 2), status="failed", note=f"client killed after {timeout + 30:.0f}s")
         rec = dict(wall_s=round(time.monotonic() - t0, 2), rc=proc.returncode)
         m = re.search(r"done in ([0-9.]+)s", proc.stderr)
         rec["time_to_image_s"] = float(m.group(1)) if m else None
@@ -236,7 +240,8 @@ class Run:
             return self.write()
         self.seconds["start"] = time.monotonic() - t0
         srv = dict(config=name, flags=flags, cap_gib=cap, start_s=round(self.seconds["start"], 1), note=note,
-                   system_stats=cs.call(server, "/system_stats").get("devices"))
+                   system_stats=cs.call(server, "/system_stats").get("devices"), probe=cs.probe(server))
+        loaded: set[str] = set()
         self.res["servers"].append(srv)
         self.log(f"server {name} {flags} cap {cap} up in {self.seconds['start']:.0f}s")
         try:
@@ -244,18 +249,21 @@ class Run:
                 if wf not in (SD15, IMAGE, SDXL) or ("sdxl" if wf == SDXL else "sd15") not in have:
                     skip(wf, "no checkpoint for it in this run")
                     continue
-                est = self.seconds.get(wf, GUESS[wf]) * SLOWER[name]
+                est = self.seconds.get(wf, GUESS[wf]) * SLOWER[name] * (0.3 + 0.7 * (steps or SHIPPED_STEPS) /
+                                                                          (a.steps or SHIPPED_STEPS))
                 if self.left() < min(est, 0.9 * self.args.budget_s):
                     skip(wf, f"over budget (est. {est:.0f}s, {self.left():.0f}s left)")
                     continue
-                cs.call(server, "/self_cascade_probe/reset", post=True)
+                cs.probe(server, reset=True)
                 with cs.MemoryPoller() as poll:
                     rec = self.client(wf, server, have, steps, timeout=max(10.0, self.left() - 15))
-                probe = cs.call(server, "/self_cascade_probe/stats")
-                rec.update(config=name, workflow=wf, steps=steps, note=rec.get("note", note),
-                           sampling_peak_mib=probe["sampling_peak_mib"], decode_peak_mib=probe["decode_peak_mib"],
-                           reserved_peak_mib=probe["peak_reserved_mib"], decode_s=round(probe["decode_s"], 2),
+                probe = cs.probe(server)
+                ckpt = "sdxl" if wf == SDXL else "sd15"
+                rec.update(config=name, workflow=wf, steps=steps, note=rec.get("note", note), cold=ckpt not in loaded,
+                           sampling_peak_mib=probe.get("sampling_peak_mib"), decode_peak_mib=probe.get("decode_peak_mib"),
+                           reserved_peak_mib=probe.get("peak_reserved_mib"), decode_s=round(probe.get("decode_s") or 0, 2),
                            smi_peak_mib=None if poll.peak is None else round(poll.peak - base_used))
+                loaded.add(ckpt)
                 if rec["status"] == "done" and name == "default":
                     self.seconds[wf] = rec["wall_s"]
                 self.res["rows"].append(rec)
@@ -295,12 +303,15 @@ def table(res: dict) -> str:
             "reserved peak | nvidia-smi peak | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         out.append(f"| {r['config']} | {r['workflow']} | {r['steps'] or 'shipped'} | {r['status']} | "
-                   f"{_f(r.get('time_to_image_s'), '.1f')} | {r.get('image', '')} | {r.get('png_mb', '')} | "
+                   f"{_f(r.get('time_to_image_s'), '.1f')}{' (cold)' if r.get('cold') else ''} | {r.get('image', '')} | {r.get('png_mb', '')} | "
                    f"{_f(r.get('sampling_peak_mib'))} | {_f(r.get('decode_peak_mib'))} | "
                    f"{_f(r.get('reserved_peak_mib'))} | {_f(r.get('smi_peak_mib'))} | {r.get('note', '')} |")
     def server(s: dict) -> str:
+        p = s.get("probe") or {}
         cap = f", allocator cap {s['cap_gib']:g} GiB" if s["cap_gib"] else ""
-        return f"{s['config']} {' '.join(s['flags']) or '(no flags)'}{cap} up in {s['start_s']:.0f} s"
+        cap += f" (NOT SET: {p['cap_error']})" if p.get("cap_error") else ""
+        alloc = f", allocator {p['allocator']}" if p.get("allocator") else ""
+        return f"{s['config']} {' '.join(s['flags']) or '(no flags)'}{cap}{alloc} up in {s['start_s']:.0f} s"
     out += ["", "Servers: " + "; ".join(server(s) for s in res["servers"]),
             "", "Builds: " + "; ".join(f"{k}: {v.get('params', 0) / 1e6:.0f} M params, {v.get('bytes', 0) / 1e9:.2f} GB "
                                       f"in {v['wall_s']:.0f} s" if "error" not in v else f"{k}: FAILED"

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # One command on a bare GPU machine (docs/PERFORMANCE.md prepares .gpu/ beside the repository): the suite's
-# inference rows with --profile, then the user path (benchmark/user_path.py) in the time left. Everything goes
-# under $OUT, seven files at most: suite/{table.md,results.json,profile.txt}, user/{table.md,results.json,
-# user_path.log}, gpu_run.log. Settings (environment, defaults in brackets):
-#   GPU_RUN_SECONDS [470]  the whole run's budget; SUITE_MINUTES [3.0] the suite's (0: no suite);
-#   SUITE_FAMILIES [sd15,sdxl]; SUITE_ROWS [direct,tf_cascade,t_official,t_light];
+# inference rows with --profile and its per-step upsampler overhead (pivot pass vs modules), then the user path
+# (benchmark/user_path.py) in the time left. Everything goes under $OUT, seven files at most:
+# suite/{table.md,results.json,profile.txt}, user/{table.md,results.json,user_path.log}, gpu_run.log.
+# Settings (environment, defaults in brackets):
+#   GPU_RUN_SECONDS [470]  the whole run's budget; SUITE_MINUTES [2.8] the suite's (0: no suite);
+#   SUITE_FAMILIES [sd15]; SUITE_SECTIONS [inference,overhead]; SUITE_ROWS [direct,tf_cascade,t_official,t_light];
+#   SUITE_PROFILE [1] (0: no --profile); SUITE_ARGS [] more gpu_suite.py arguments (e.g. --steps 10);
 #   USER_CONFIGS [default,12gb,8gb,lowvram] (empty: no user path); USER_ARGS [] more user_path.py arguments.
+# A second, shorter run (same machine: the built checkpoints in /tmp are reused), e.g.
+#   SUITE_FAMILIES=sdxl SUITE_ROWS=direct,tf_cascade,t_official SUITE_SECTIONS=inference SUITE_PROFILE=0 \
+#   SUITE_MINUTES=2.6 USER_CONFIGS=8gb,lowvram GPU_RUN_SECONDS=230 bash dev/gpu_run.sh
 # CPU check (smoke sizes, no GPU): GPU_RUN_SMOKE=1 OUT=/tmp/x COMFYUI_PATH=... dev/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the output folder}"
 TOTAL=${GPU_RUN_SECONDS:-470}
-SUITE_MINUTES=${SUITE_MINUTES:-3.0}
-SUITE_FAMILIES=${SUITE_FAMILIES:-sd15,sdxl}
+SUITE_MINUTES=${SUITE_MINUTES:-2.8}
+SUITE_FAMILIES=${SUITE_FAMILIES:-sd15}
 SUITE_ROWS=${SUITE_ROWS:-direct,tf_cascade,t_official,t_light}
 USER_CONFIGS=${USER_CONFIGS-default,12gb,8gb,lowvram}
 SMOKE=${GPU_RUN_SMOKE:-}
@@ -33,9 +38,12 @@ export SELF_CASCADE_COMMIT=${SELF_CASCADE_COMMIT:-$(cat .gpu/COMMIT 2>/dev/null 
 say "commit $SELF_CASCADE_COMMIT, budget ${TOTAL}s"
 
 if [ "$SUITE_MINUTES" != "0" ]; then
-  suite_args=(--sections inference --families "$SUITE_FAMILIES" --rows "$SUITE_ROWS" --profile
+  suite_args=(--sections "${SUITE_SECTIONS:-inference,overhead}" --families "$SUITE_FAMILIES" --rows "$SUITE_ROWS"
               --budget-minutes "$SUITE_MINUTES" --out "$OUT/suite")
+  [ "${SUITE_PROFILE:-1}" != "0" ] && suite_args+=(--profile)
   [ -n "$SMOKE" ] && suite_args+=(--smoke --keep-going)
+  # shellcheck disable=SC2206  # SUITE_ARGS: several words on purpose
+  suite_args+=(${SUITE_ARGS:-})
   say "suite: ${suite_args[*]}"
   timeout --signal=INT "$(python3 -c "print(int(float('$SUITE_MINUTES') * 60 + 60))")" \
     python3 benchmark/gpu_suite.py "${suite_args[@]}" || say "suite exited with $?"

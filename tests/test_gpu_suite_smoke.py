@@ -161,6 +161,7 @@ def test_profile_records_busy_idle_and_each_sampling_call(suite, tmp_path):
     assert [c["fn"] for c in rows["tf_cascade"]["profile"]["sampling_calls"]] == ["sample", "sample_custom", "sample_custom"]
     text = (tmp_path / "profile.txt").read_text()
     assert "=== sd15 tf_cascade" in text and "sample_custom latent (16, 16)" in text
+    assert "vs tf_cascade at 16x16" in text.split("=== sd15 t_light")[1] and "vs tf_cascade" not in text.split("=== sd15 t_light")[0]
     assert "| tf_cascade |" in (tmp_path / "table.md").read_text().split("Profile (`--profile`")[1]
 
 

@@ -7,6 +7,7 @@ server's (after subtracting what the device held before the server started).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -87,18 +88,14 @@ def start(base: Path, flags: list[str], cpu: bool, cap_gib: float | None, timeou
     proc = subprocess.Popen(cmd, cwd=str(root), stdout=log, stderr=subprocess.STDOUT, env=env)
     server = hostenv.ServerProcess(proc, port, base, log_path, log)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            server.stop()
-            raise RuntimeError(f"ComfyUI exited with code {proc.returncode} during start-up:\n{server.log()[-3000:]}")
-        try:
-            with urllib.request.urlopen(server.url + "/system_stats", timeout=2) as r:
-                if r.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.5)
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            call(server, "/system_stats")
+            return server
+        time.sleep(0.5)
     server.stop()
-    raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f}s:\n{server.log()[-3000:]}")
+    why = f"exited with code {proc.returncode}" if proc.returncode is not None else f"gave no answer in {timeout:.0f}s"
+    raise RuntimeError(f"ComfyUI {why} during start-up:\n{server.log()[-3000:]}")
 
 
 def call(server: hostenv.ServerProcess, path: str, post: bool = False) -> dict:
@@ -106,3 +103,11 @@ def call(server: hostenv.ServerProcess, path: str, post: bool = False) -> dict:
     req = urllib.request.Request(server.url + path, data=b"{}" if post else None, method="POST" if post else "GET")
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read())
+
+
+def probe(server: hostenv.ServerProcess, reset: bool = False) -> dict:
+    """The measurement probe's figures (``vram_probe.stats``), or ``{"error": ...}`` when it does not answer."""
+    try:
+        return call(server, "/self_cascade_probe/reset" if reset else "/self_cascade_probe/stats", post=reset)
+    except (OSError, ValueError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}

@@ -98,10 +98,23 @@ def row_profile(wall_s: float, calls: list[dict], prof: dict) -> dict:
                 sampling_calls=calls, **{k: v for k, v in prof.items() if k != "device_busy_s"})
 
 
+def versus(row: dict, ref: dict) -> list[str]:
+    """Per sampling call (same order, same latent) the extra ms per UNet call of ``row`` over ``ref``."""
+    out = []
+    for a, b in zip(row["profile"]["sampling_calls"], ref["profile"]["sampling_calls"], strict=False):
+        if a["latent"] == b["latent"] and b["ms_per_call"] > 0:
+            extra = a["ms_per_call"] - b["ms_per_call"]
+            out.append(f"  vs {ref['name']} at {a['latent'][0]}x{a['latent'][1]}: {extra:+.1f} ms/call "
+                       f"({100 * extra / b['ms_per_call']:+.0f}%)")
+    return out
+
+
 def text(res: dict) -> str:
-    """profile.txt: per row busy / idle, per sampling call, the top kernels and host operators."""
+    """profile.txt: per row busy / idle, per sampling call (the tuned rows also against tf_cascade), the top
+    kernels and host operators."""
     out = []
     for fam, rows in res.get("inference", {}).items():
+        tf = next((r for r in rows if r["name"] == "tf_cascade" and r.get("profile")), None)
         for r in rows:
             p = r.get("profile")
             if not p:
@@ -112,6 +125,7 @@ def text(res: dict) -> str:
             for c in p["sampling_calls"]:
                 out.append(f"  {c['fn']:<13} latent {tuple(c['latent'])}: {c['wall_s']:.3f} s, {c['unet_calls']} UNet "
                            f"calls, {c['ms_per_call']:.1f} ms/call")
+            out += versus(r, tf) if tf and r is not tf and r["name"] != "direct" else []
             for title, key in (("top device kernels", "device_kernels"), ("top host self time", "host_ops")):
                 out.append(f"  {title}:")
                 out += [f"    {k['name']:<90} {1000 * k['s']:9.1f} ms  n={k['n']}" for k in p[key]]

@@ -31,16 +31,20 @@ def _mib(x: int) -> float:
     return round(x / 2 ** 20, 1)
 
 
-def _cap() -> float | None:
+def _cap() -> tuple[float | None, str | None]:
+    """(the cap in GiB, or None; why it could not be set, or None)."""
     cap = os.environ.get("SELF_CASCADE_VRAM_CAP_GIB")
     if not (cap and CUDA):
-        return None
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2 ** 30 / total), 0)
-    return float(cap)
+        return None, None
+    try:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2 ** 30 / total), 0)
+    except Exception as e:  # reported in the stats: the emulation then rests on --reserve-vram alone
+        return None, f"{type(e).__name__}: {e}"
+    return float(cap), None
 
 
-CAP_GIB = _cap()
+CAP_GIB, CAP_ERROR = _cap()
 
 
 def _reset() -> None:
@@ -69,8 +73,9 @@ def _marked(fn):
 
 
 def stats() -> dict:
-    out = dict(_STATE, cap_gib=CAP_GIB, cuda=CUDA, device=torch.cuda.get_device_name() if CUDA else "cpu",
-               peak_allocated_mib=None, peak_reserved_mib=None)
+    out = dict(_STATE, cap_gib=CAP_GIB, cap_error=CAP_ERROR, cuda=CUDA, peak_allocated_mib=None,
+               peak_reserved_mib=None, device=torch.cuda.get_device_name() if CUDA else "cpu",
+               allocator=torch.cuda.get_allocator_backend() if CUDA else None)
     if CUDA:
         out.update(peak_allocated_mib=_mib(torch.cuda.max_memory_allocated()),
                    peak_reserved_mib=_mib(torch.cuda.max_memory_reserved()))
