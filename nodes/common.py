@@ -2,7 +2,6 @@
 and the input ranges and tooltips that more than one node uses (defined once, here)."""
 from __future__ import annotations
 
-import logging
 import os
 
 from comfy_api.latest import io
@@ -10,8 +9,6 @@ from comfy_api.latest import io
 from ..upsampler.modules import DEFAULT_END_TIMESTEP
 from ..upsampler.renoise import DEFAULT_K, T_STEPS
 from .compat import core_sampling_category
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["CATEGORY", "DEFAULT_END_TIMESTEP", "DEFAULT_K", "END_TIMESTEP_MAX", "K_MAX", "K_MIN", "K_TOOLTIP",
            "LATENT_CELL", "MODEL_FOLDER", "PACK_KEY", "SCALE_MAX", "SEED_MAX", "SIZE_MAX", "SEED_TOOLTIP", "STEPS_MAX",
@@ -65,7 +62,8 @@ class SelfCascadeError(ValueError):
 def register_model_folder() -> str:
     """Register ``models/self_cascade/`` (``.safetensors`` only) with ComfyUI's folder_paths.
 
-    Idempotent; returns the folder path. Users drop trained upsampler files there.
+    Called once, when ComfyUI imports the pack (its ``__init__``); idempotent; returns the folder path.
+    Users drop trained upsampler files there.
     """
     import folder_paths
 
@@ -84,7 +82,6 @@ def model_folder_path() -> str:
     """The first registered ``self_cascade`` model folder, created if missing (for writers)."""
     import folder_paths
 
-    register_model_folder()
     path = folder_paths.get_folder_paths(MODEL_FOLDER)[0]
     os.makedirs(path, exist_ok=True)
     return path

@@ -18,7 +18,6 @@ from .common import (
     STRENGTH_MAX,
     SelfCascadeError,
     Upsamplers,
-    register_model_folder,
 )
 from .managed import upsampler_patcher
 from .patch import apply_upsamplers
@@ -37,7 +36,6 @@ def load_named(name: str):
     """
     import folder_paths
 
-    register_model_folder()
     try:
         path = folder_paths.get_full_path_or_raise(MODEL_FOLDER, name)
     except FileNotFoundError:
@@ -83,7 +81,6 @@ class SelfCascadeUpsamplerLoader(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         import folder_paths
 
-        register_model_folder()
         return io.Schema(
             node_id="SelfCascadeUpsamplerLoader",
             display_name="Self-Cascade Upsampler Loader",

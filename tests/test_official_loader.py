@@ -63,7 +63,8 @@ def test_official_pth_listed_converted_once_cached_and_checked_against_models(mo
     outside = all_files(model_folder.parent.parent)
     assert PTH in SelfCascadeUpsamplerLoader.define_schema().inputs[0].options
 
-    uset = SelfCascadeUpsamplerLoader.execute(PTH).result[0]
+    managed = SelfCascadeUpsamplerLoader.execute(PTH).result[0]  # the set's ModelPatcher
+    uset = managed.model
     assert (model_folder / CACHE).is_file()
     assert all_files(model_folder) == {PTH, CACHE}, "a temporary file was left behind"
     assert all_files(model_folder.parent.parent) == outside | {f"models/self_cascade/{CACHE}"}
@@ -79,7 +80,7 @@ def test_official_pth_listed_converted_once_cached_and_checked_against_models(mo
 
     monkeypatch.setattr(convert, "load_official_pth", no_conversion)
     stamp = (model_folder / CACHE).stat().st_mtime_ns
-    again = SelfCascadeUpsamplerLoader.execute(PTH).result[0]
+    again = SelfCascadeUpsamplerLoader.execute(PTH).result[0].model
     assert torch.equal(again.state_dict()["ups.3.blocks.1.out_layers.3.bias"], sd[key])
     assert (model_folder / CACHE).stat().st_mtime_ns == stamp
     # a replaced .pth (other mtime) is converted again
@@ -95,11 +96,12 @@ def test_official_pth_listed_converted_once_cached_and_checked_against_models(mo
     sd15 = tiny_models.tiny_sd15(0)
     pivot = {"samples": torch.zeros(1, 4, 8, 8)}
     with pytest.raises(SelfCascadeError, match="trained for a SDXL model, but the model is SD15"):
-        SelfCascadeApplyUpsamplers.execute(sd15, uset, pivot, 1.0, 100.0)
+        SelfCascadeApplyUpsamplers.execute(sd15, managed, pivot, 1.0, 100.0)
     sdxl = sdxl_shaped_on_meta()
-    patched = SelfCascadeApplyUpsamplers.execute(sdxl, uset, pivot, 1.0, 100.0).result[0]
+    patched = SelfCascadeApplyUpsamplers.execute(sdxl, managed, pivot, 1.0, 100.0).result[0]
     assert patched is not sdxl
-    injected = patched.wrappers["diffusion_model"]["self_cascade"][0].upsamplers  # the set (or a copy of it)
+    injected = patched.wrappers["diffusion_model"]["self_cascade"][0].upsamplers  # the loader's set itself
+    assert injected is uset and patched.get_additional_models_with_key("self_cascade") == [managed]
     k = "ups.3.blocks.1.out_layers.3.bias"
     assert torch.equal(injected.state_dict()[k].float().cpu(), uset.state_dict()[k])
     assert "self_cascade" not in sdxl.wrappers.get("diffusion_model", {})
@@ -125,6 +127,6 @@ def test_pickle_refused_by_weights_only_gives_the_opt_in_and_the_cli_flag_conver
     assert run.returncode == 0, run.stderr
     assert "WARNING: --trust-pickle" in run.stderr and "arbitrary code" in run.stderr
     assert f"wrote {model_folder / CACHE}" in run.stdout
-    uset = SelfCascadeUpsamplerLoader.execute(PTH).result[0]  # from the cache the CLI wrote
+    uset = SelfCascadeUpsamplerLoader.execute(PTH).result[0].model  # from the cache the CLI wrote
     assert torch.equal(uset.state_dict()["ups.0.blocks.0.in_layers.2.weight"],
                        sd["unet.feature_upsampler0.0.in_layers.2.weight"])

@@ -6,7 +6,6 @@ and images smaller than the crop are listed in one error so the user can fix the
 """
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 
@@ -14,8 +13,6 @@ import numpy as np
 import torch
 
 from ..common import SelfCascadeError
-
-logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 

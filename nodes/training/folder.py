@@ -11,7 +11,6 @@ name, size and modification time, the VAE's identity and the settings that shape
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,8 +23,6 @@ from .config import TrainConfig
 from .data import list_images, read_caption, read_image
 from .pairs import EncodedImage, encode_image
 from .parallel import Parallel
-
-logger = logging.getLogger(__name__)
 
 #: Cached pairs sent from rank 0 per broadcast (bounds the temporary memory of one message).
 _CHUNK = 64

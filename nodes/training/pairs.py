@@ -10,7 +10,6 @@ per image before training.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,8 +20,6 @@ from ...upsampler.pivot import target_size
 from ..common import SelfCascadeError
 from .config import TrainConfig
 from .data import TrainingImages, check_sizes
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
