@@ -25,35 +25,23 @@ logger = logging.getLogger(__name__)
 
 # --- loss targets (Algorithm 1: epsilon MSE; the matching target for other parameterisations) ---
 
-def _eps_like(ms, xt, denoised, x0, sigma):
-    """EPS (and flow/CONST): the model output is ``(x_t - D(x_t)) / sigma`` (ComfyUI's
-    ``calculate_denoised`` inverted); its target is ``(x_t - x0) / sigma`` -- for EPS exactly the
-    noise epsilon of Algorithm 1, for CONST the flow velocity ``noise - x0``."""
-    s = sigma.view(-1, *([1] * (xt.ndim - 1)))
-    return (xt - denoised) / s, (xt - x0) / s
-
-
-def _v_target(ms, xt, denoised, x0, sigma):
-    """V_PREDICTION: invert ``calculate_denoised`` to the model's v output; the target is the v
-    that would have produced ``x0`` (Salimans & Ho's v = alpha*eps - sigma*x0 in k-diffusion form)."""
-    sd = float(ms.sigma_data)
-    s = sigma.view(-1, *([1] * (xt.ndim - 1)))
-    norm = (s ** 2 + sd ** 2).sqrt()
-    def v(d):
-        return (xt * sd ** 2 / norm ** 2 - d) * norm / (s * sd)
-    return v(denoised), v(x0)
+def output_and_target(ms, xt: torch.Tensor, denoised: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor):
+    """(the network's raw output, the output that would have given ``x0``): ComfyUI's ``calculate_denoised``
+    is affine in the output, D(out) = a + b * out, so both come from inverting it with ``ms``'s own formula.
+    EPS: (x_t - D) / sigma against the noise epsilon of Algorithm 1; CONST (flow): the velocity noise - x0;
+    V_PREDICTION: Salimans & Ho's v = alpha * eps - sigma * x0 in k-diffusion form."""
+    zero = torch.zeros_like(xt)
+    a = ms.calculate_denoised(sigma, zero, xt)  # D with a zero output: the skip part c_skip * x_t
+    b = ms.calculate_denoised(sigma, torch.ones_like(xt), zero)  # the output's weight c_out
+    return (denoised - a) / b, (x0 - a) / b
 
 
 def loss_target(model_sampling) -> Callable:
-    """Pick the prediction/target pair from the model's sampling type (most specific class first)."""
+    """The (output, target) function for the model's sampling type, or a clear error (EDM is not supported)."""
     import comfy.model_sampling as cms
 
-    registry = ((cms.EDM, None), (cms.V_PREDICTION, _v_target), (cms.EPS, _eps_like), (cms.CONST, _eps_like))
-    for cls, fn in registry:
-        if isinstance(model_sampling, cls):
-            if fn is None:
-                break
-            return fn
+    if not isinstance(model_sampling, cms.EDM) and isinstance(model_sampling, (cms.V_PREDICTION, cms.EPS, cms.CONST)):
+        return output_and_target
     from ..common import SelfCascadeError
 
     raise SelfCascadeError(f"training is not supported for {type(model_sampling).__name__} models "
