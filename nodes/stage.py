@@ -41,8 +41,9 @@ class SelfCascadeStage(io.ComfyNode):
             display_name="Self-Cascade Stage",
             category=CATEGORY,
             search_aliases=["hires fix", "upscale", "high resolution", "self-cascade", "cascade stage"],
-            description="Makes a finished image latent twice as large per side with the same model, adding real "
-                        "detail instead of stretching it: put it after a KSampler (twice for 512 -> 1024 -> 2048). "
+            description="Makes a finished image latent larger (x2 per side by default) with the same model, adding "
+                        "real detail instead of stretching it: put it after a KSampler (twice for 512 -> 1024 -> "
+                        "2048). "
                         "How: the previous result (the pivot) is upsampled, diffused to step K and denoised K -> 0 "
                         "at the new size (the paper's Eq. 6). Connect upsamplers for the tuned version.",
             inputs=[

@@ -138,7 +138,7 @@ def resolve_k(model, k: float, mode: str, name: str = "K") -> float:
     """
     from .checks import check_choice
 
-    if check_choice(mode, K_MODES, f"{name}_mode" if name == "K" else "K_mode") == "fixed":
+    if check_choice(mode, K_MODES, "K_mode") == "fixed":
         return float(k)
     auto = equal_snr_k(model_sampling_of(model), k)
     used = min(max(auto, 1.0), float(T_STEPS - 1))
