@@ -38,3 +38,22 @@ def test_video_pivot_is_what_the_stage_denoises_from(wan):
     err_low = (low_k - pivot).abs().mean().item()
     err_high = (high_k - pivot).abs().mean().item()
     assert err_low < 0.5 * err_high, (err_low, err_high)
+
+
+def test_k_mode_auto_on_a_video_model(wan):
+    """K_mode auto on Wan 2.1 (flow, shift 8): the Stage node runs the fixed stage at the equal-SNR K (about
+    294 for 700 in SD1.x units), not at 700."""
+    from self_cascade.nodes.stage import SelfCascadeStage
+    from self_cascade.nodes.timesteps import equal_snr_k
+
+    cond = tiny_models.wan_conditioning(3)
+    base = {"samples": torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(6))}
+    inputs = dict(STAGE)
+    k = equal_snr_k(wan.get_model_object("model_sampling"), 700.0)
+    assert round(k) == 294
+
+    def stage(**over):
+        return SelfCascadeStage.execute(wan, cond, cond, base, **{**inputs, **over}).result[0]["samples"]
+
+    auto = stage(K_mode="auto")
+    assert torch.equal(auto, stage(K=k)) and not torch.allclose(auto, stage())
