@@ -34,8 +34,6 @@ from comfy_startup import start
 
 logger = logging.getLogger("train_upsamplers")
 
-#: Test hook: "RANK:STEP" kills that rank with SIGKILL once STEP steps are done (a crash after a checkpoint).
-KILL_ENV = "SELF_CASCADE_TRAIN_TEST_KILL"
 MODEL_SUFFIXES = (".safetensors", ".sft")
 
 
@@ -234,14 +232,6 @@ def _signals(flag: dict) -> dict:
     return previous
 
 
-def _kill_hook(rank: int) -> int | None:
-    spec = os.environ.get(KILL_ENV, "")
-    if not spec:
-        return None
-    r, step = (int(v) for v in spec.split(":"))
-    return step if r == rank else None
-
-
 def run(args, parallel) -> int:
     from self_cascade.nodes.common import SelfCascadeError
     from self_cascade.nodes.training import (
@@ -326,7 +316,6 @@ def run(args, parallel) -> int:
 
     flag = {"signal": None, "rank": parallel.rank, "step": 0}
     previous_handlers = _signals(flag)
-    kill_at = _kill_hook(parallel.rank)
     log = LossLog(save_path[: -len(".safetensors")]) if writer else None
     steps_bar = tqdm(total=cfg.steps, desc="train", disable=not writer, unit="step")
 
@@ -338,8 +327,6 @@ def run(args, parallel) -> int:
             log.add(step, loss)
 
     def interrupt_check() -> None:
-        if kill_at is not None and flag["step"] >= kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
         if parallel.any(flag["signal"] is not None):
             raise Stopped(flag["signal"] or "a stop signal on another process")
 

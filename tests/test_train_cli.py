@@ -3,7 +3,7 @@
 Real parts throughout: torchrun with 2 processes (gloo), ComfyUI's checkpoint loader, its CLIP
 and VAE, the shared training core, the live server's Upsampler Loader. One run per process
 count is shared by the tests of this module (``cli_runs``): A one process, B two processes,
-C two processes whose rank 1 is killed (SIGKILL, through the script's test hook) after the
+C two processes whose rank 1 is killed (SIGKILL, through tests/train_cli_killed.py) after the
 checkpoint of step 2, D one process resuming C. The one-process runs (A, D) and the error cases
 call the script's ``main()`` in the test process (ComfyUI is imported there already), the
 two-process runs are real ``torchrun`` launches.
@@ -24,6 +24,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "train_upsamplers.py"
+KILLED = REPO / "tests" / "train_cli_killed.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 STEPS = 4
 ARGS = ["--resolution", "64", "--scale", "2", "--max_train_steps", str(STEPS), "--global_batch_size", "2",
@@ -51,13 +52,19 @@ def _env() -> dict:
             "OMP_NUM_THREADS": "1"}
 
 
-def _launch(nproc: int, out: Path, data: Path, ckpt: Path, *extra: str, env: dict | None = None):
-    """``torchrun --standalone --nproc_per_node nproc`` of the script (gloo on the CPU)."""
+def _launch(nproc: int, out: Path, data: Path, ckpt: Path, *extra: str, kill: str = ""):
+    """``torchrun --standalone --nproc_per_node nproc`` of the script (gloo on the CPU). ``kill`` "RANK:STEP":
+    through tests/train_cli_killed.py, which kills that rank after that step (the script has no such hook)."""
+    env = _env()
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", str(nproc)]
-    cmd += [str(SCRIPT), "--checkpoint", str(ckpt), "--train_data_dir", str(data), "--output_dir", str(out),
+    if kill:
+        cmd += [str(KILLED), kill]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SCRIPT.parent), env["PYTHONPATH"]) if p)
+    else:
+        cmd += [str(SCRIPT)]
+    cmd += ["--checkpoint", str(ckpt), "--train_data_dir", str(data), "--output_dir", str(out),
             "--latent_cache", str(out.parent / "cache"), *ARGS, *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**_env(), **(env or {})},
-                          cwd=out.parent)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=out.parent)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -109,7 +116,7 @@ def cli_runs(tmp_path_factory, tiny_checkpoint_file, pack):
     runs = {}
     runs["A"] = _in_process(root / "A", data, tiny_checkpoint_file)  # one process; encodes and fills the cache
     runs["B"] = _launch(2, root / "B", data, tiny_checkpoint_file)
-    runs["C"] = _launch(2, root / "C", data, tiny_checkpoint_file, env={"SELF_CASCADE_TRAIN_TEST_KILL": "1:2"})
+    runs["C"] = _launch(2, root / "C", data, tiny_checkpoint_file, kill="1:2")
     from self_cascade.upsampler.checkpoint import load_checkpoint
 
     c_ckpt = root / "C" / "cli.ckpt.safetensors"
