@@ -2,10 +2,12 @@
 the SD1.5 API workflows (text-to-image and image-in) run on the real server with a test-built
 SD1.5-shaped checkpoint, the SDXL one with a test-built SDXL-shaped checkpoint; the Flux/SD3 ones
 pass /prompt validation and run with that checkpoint standing in (wiring only: no Flux/SD3 weights here); download entries
-and flow-model K values are checked."""
+(only what the frontend's dialog can fetch), the layout rule on the saved boxes, notes that link docs in full, and
+flow-model K values are checked."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +90,7 @@ def test_ui_and_api_twins_describe_the_same_valid_graph(info, name):
         pytest.fail(f"workflows/{name}.json missing (run dev/workflows/build.py once its nodes exist)")
     ui, api = _ui(name), _api(name)
     assert ui["version"] == 0.4 and ui["groups"], name
-    notes = [n for n in ui["nodes"] if n["type"] == "Note"]
+    notes = [n for n in ui["nodes"] if n["type"] in graph.NOTE_TYPES]
     assert notes and all(len(n["widgets_values"][0]) > 80 for n in notes), "each workflow explains its knobs"
     assert graph.ui_to_api(ui, info) == api
     _check_api_against_info(api, info)
@@ -184,7 +186,7 @@ def test_sd15_upsamplers_workflow_needs_no_file_and_says_how_to_train(pack):
         (sock,) = [i for i in node["inputs"] if i["name"] == "strength"]
         assert sock["widget"] == {"name": "strength"} and sock["link"] is not None
         assert UNTRAINED_STRENGTH in node["widgets_values"]
-    text = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] == "Note")
+    text = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] in graph.NOTE_TYPES)
     for phrase in ("EXPERIMENTAL", "unverified on Stable Diffusion", "train_upsamplers", "scripts/train_upsamplers.py",
                    "Load Upsamplers"):
         assert phrase in text, phrase
@@ -265,22 +267,62 @@ def test_flow_workflows_pass_validation_and_run_with_a_stand_in_checkpoint(comfy
     assert len(saved) == 1 and Image.open(saved[0]).size == (64, 64)
 
 
-def test_loader_nodes_carry_download_entries():
+def test_loader_nodes_carry_download_entries_the_dialog_can_fetch():
     """properties.models on loader nodes (the frontend's missing-models dialog): name = the node's widget
-    value, a Hugging Face URL ending in that name, the models/ folder the loader reads."""
+    value, a Hugging Face URL ending in that name, the models/ folder the loader reads, and a name the dialog
+    downloads (.safetensors/.sft: comfyui-frontend-package 1.32.9, MissingModelsWarning.vue, shows any other
+    suffix as an error). The official upsampler_only.pth is no entry: the SDXL note links it in full."""
     folders = {"CheckpointLoaderSimple": "checkpoints", "SelfCascadeUpsamplerLoader": "self_cascade"}
     seen = set()
     for name in SHIPPED:
         for node in _ui(name)["nodes"]:
             models = node["properties"].get("models", [])
-            if node["type"] in folders and node["widgets_values"][0] != "sd15_upsamplers.safetensors":
+            if node["type"] == "CheckpointLoaderSimple":
                 assert models, f"{name}: {node['type']} has no download entry"
             for m in models:
                 assert m["name"] in node["widgets_values"], (name, m)
                 assert m["url"].startswith("https://huggingface.co/") and m["url"].endswith("/resolve/main/" + m["name"])
                 assert m["directory"] == folders[node["type"]], (name, m)
+                assert m["name"].endswith((".safetensors", ".sft")), (name, m)
                 seen.add(m["name"])
-    assert {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors", "upsampler_only.pth"} <= seen, seen
+    assert {"v1-5-pruned-emaonly.safetensors", "sd_xl_base_1.0.safetensors"} <= seen, seen
+    sdxl = " ".join(n["widgets_values"][0] for n in _ui("sdxl_cascade_4096")["nodes"] if n["type"] in graph.NOTE_TYPES)
+    assert "(https://huggingface.co/NothingSpecialSiri/SelfCascade-SDXL/resolve/main/upsampler_only.pth)" in sdxl
+    assert "ComfyUI/models/self_cascade/" in sdxl
+
+
+REPO_DOCS = "https://github.com/self-cascade/comfyui-self-cascade/blob/main/docs/"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_saved_layout_keeps_the_rule_and_notes_link_docs_in_full(name):
+    """On the sizes the file saves (the browser test checks the frontend's): no two node boxes (title bars
+    included) overlap, every node and note lies inside exactly one group, groups do not overlap; no view is
+    saved (the frontend fits the graph to the window). Notes name docs by full link to the repository, and
+    each of those files exists here."""
+    ui = _ui(name)
+    assert graph.layout_problems(*graph.ui_boxes(ui)) == []
+    assert "ds" not in ui["extra"]
+    notes = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] in graph.NOTE_TYPES)
+    assert "docs/" in notes
+    for path in re.findall(r"(?<!/blob/main/)\bdocs/[\w./-]+", notes):
+        pytest.fail(f"{name}: a note names {path} without the full link ({REPO_DOCS}...)")
+    for doc in re.findall(re.escape(REPO_DOCS) + r"([\w.-]+\.md)", notes):
+        assert (REPO / "docs" / doc).is_file(), doc
+
+
+def test_layout_rule_can_fail():
+    """The rule flags a node moved onto another, a note pushed out of its group, and groups that overlap."""
+    ui = _ui("sdxl_cascade_4096")
+    stages = [n for n in ui["nodes"] if n["type"] == "SelfCascadeStage"]
+    stages[1]["pos"] = [stages[0]["pos"][0] + 40, stages[0]["pos"][1] + 40]
+    note = next(n for n in ui["nodes"] if n["type"] in graph.NOTE_TYPES)
+    note["pos"] = [note["pos"][0], note["pos"][1] + 5000]
+    ui["groups"][1]["bounding"][0] -= 200
+    found = "\n".join(graph.layout_problems(*graph.ui_boxes(ui)))
+    assert f"(#{stages[1]['id']}) overlaps" in found or f"overlaps {stages[1]['title']}" in found, found
+    assert f"(#{note['id']}) is not inside exactly one group" in found, found
+    assert "overlaps group" in found, found
 
 
 def test_flow_workflows_use_the_k_that_matches_sds_snr_at_700(pack):
