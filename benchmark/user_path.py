@@ -131,8 +131,11 @@ class Run:
         if path.is_file():
             return path
         t0 = time.monotonic()
-        proc = subprocess.run([sys.executable, __file__, "--out", str(self.out), "--build", spec],
-                              capture_output=True, text=True, timeout=max(30.0, self.left()))
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--out", str(self.out), "--build", spec],
+                                  capture_output=True, text=True, timeout=max(30.0, self.left()))
+        except subprocess.TimeoutExpired:
+            proc = subprocess.CompletedProcess([], -1, "", f"build killed at the budget ({self.left():.0f}s left)")
         ok = proc.returncode == 0
         info = json.loads(proc.stdout.strip().splitlines()[-1]) if ok else {"error": proc.stderr[-1500:]}
         self.res["builds"][key] = dict(info, wall_s=round(time.monotonic() - t0, 1))
@@ -169,7 +172,7 @@ class Run:
 
         side = a.base_px or 512
         img = Image.linear_gradient("L").resize((side, side)).convert("RGB")
-        self.image = self.work / "input_512.png"
+        self.image = self.work / f"input_{side}.png"
         img.save(self.image)
         return have
 
