@@ -137,22 +137,24 @@ async def _open_all(port: int, url: str, graphs: dict[str, str]) -> dict:
     return results
 
 
-def _broken_copy() -> tuple[dict, str]:
+def _broken_copy() -> tuple[dict, str, int]:
     """sdxl_cascade_4096 with every rule broken once: a node moved onto another, a note too small for its
-    text and out of every group, a view on load that leaves nodes out, a .pth download entry (the dialog
-    refuses that suffix). Returns the workflow and the name the checks give the moved node."""
+    text and out of every group, a note far larger than its text, a saved view that leaves the nodes out at a
+    zoom too small for text, a .pth download entry (the dialog refuses that suffix). Returns the workflow and
+    the name the checks give the moved node."""
     ui = json.loads((WF / "sdxl_cascade_4096.json").read_text())
-    ui["extra"]["ds"] = {"scale": 1.5, "offset": [0, 0]}
+    ui["extra"]["ds"] = {"scale": 0.3, "offset": [8000, 0]}
     stages = [n for n in ui["nodes"] if n["type"] == "SelfCascadeStage"]
     stages[1]["pos"] = [stages[0]["pos"][0] + 40, stages[0]["pos"][1] + 40]
-    note = next(n for n in ui["nodes"] if n["type"] in graph.NOTE_TYPES)
+    note, big = [n for n in ui["nodes"] if n["type"] in graph.NOTE_TYPES][:2]
     note["size"] = [240, 60]
     note["pos"] = [-2000, -2000]
+    big["size"][1] *= 4
     loader = next(n for n in ui["nodes"] if n["type"] == "CheckpointLoaderSimple")
     loader["properties"]["models"] = [{"name": "upsampler_only.pth", "directory": "checkpoints",
                                        "url": "https://huggingface.co/x/y/resolve/main/upsampler_only.pth"}]
     loader["widgets_values"] = ["upsampler_only.pth"]
-    return ui, f"{stages[1]['title']} (#{stages[1]['id']})"
+    return ui, f"{stages[1]['title']} (#{stages[1]['id']})", big["id"]
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +169,7 @@ def test_frontend_opens_every_workflow_without_missing_nodes(comfy_server, chrom
     from test_workflows import SHIPPED
 
     graphs = {name: (WF / f"{name}.json").read_text() for name in SHIPPED}
-    broken_ui, moved = _broken_copy()
+    broken_ui, moved, big_id = _broken_copy()
     graphs["broken"] = json.dumps(broken_ui)
     results = asyncio.run(_open_all(chrome, comfy_server.url + "/", graphs))
     failures = {}
@@ -201,7 +203,8 @@ def test_frontend_opens_every_workflow_without_missing_nodes(comfy_server, chrom
     found = "\n".join(layout_problems(broken))
     assert f"{moved} overlaps" in found or f"overlaps {moved}" in found, found
     assert "its text does not fit" in found and "is not inside exactly one group" in found, found
-    assert "outside the view on load" in found, found
+    assert "outside the view on load" in found and "below the zoom where the frontend draws text" in found, found
+    assert f"note #{big_id}: its box is much larger than its text" in found, found
     assert any("Only allowed suffixes" in e for e in broken["dialogErrors"]), broken["dialogErrors"]
 
 
