@@ -232,28 +232,25 @@ def _signals(flag: dict) -> dict:
     return previous
 
 
-def run(args, parallel) -> int:
-    from self_cascade.nodes.common import SelfCascadeError
-    from self_cascade.nodes.training import (
-        Parallel,
-        TrainConfig,
-        checkpoint_path_for,
-        preflight,
-        save_path_for,
-        train_on_pairs,
-    )
-    from self_cascade.nodes.training.folder import cached_keys, encode_folder, scan_folder
+def _config(args):
+    """The run's TrainConfig from the command line, checked by the training preflight."""
+    from self_cascade.nodes.training import TrainConfig
 
-    writer = parallel.is_writer
     width, height = _resolution(args.resolution)
-    cfg = TrainConfig(width=width, height=height, scale=args.scale, steps=args.max_train_steps,
-                      learning_rate=args.learning_rate, weight_decay=args.weight_decay, batch_size=args.batch_size,
-                      K=args.K, end_timestep=args.end_timestep, pivot_mode=args.pivot_mode, variant=args.variant,
-                      variant_size=args.variant_size, seed=args.seed, checkpoint_every=args.save_every_n_steps,
-                      caption_dropout=args.caption_dropout_rate, gradient_checkpointing=args.gradient_checkpointing,
-                      mixed_precision="fp32" if args.mixed_precision == "no" else args.mixed_precision,
-                      log_every=args.log_every)
-    preflight(cfg, world_size=parallel.world_size)
+    return TrainConfig(width=width, height=height, scale=args.scale, steps=args.max_train_steps,
+                       learning_rate=args.learning_rate, weight_decay=args.weight_decay, batch_size=args.batch_size,
+                       K=args.K, end_timestep=args.end_timestep, pivot_mode=args.pivot_mode, variant=args.variant,
+                       variant_size=args.variant_size, seed=args.seed, checkpoint_every=args.save_every_n_steps,
+                       caption_dropout=args.caption_dropout_rate, gradient_checkpointing=args.gradient_checkpointing,
+                       mixed_precision="fp32" if args.mixed_precision == "no" else args.mixed_precision,
+                       log_every=args.log_every)
+
+
+def _check_files(args, parallel) -> str:
+    """The model files exist and are safetensors; the output is new unless resuming. Returns the set's path."""
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.training import checkpoint_path_for, save_path_for
+
     if bool(args.checkpoint) == bool(args.unet):
         raise SelfCascadeError("give either --checkpoint or --unet (with --clip and --vae).")
     for path, flag in ((args.checkpoint, "--checkpoint"), (args.unet, "--unet"), (args.vae, "--vae"),
@@ -268,56 +265,53 @@ def run(args, parallel) -> int:
             lambda: os.path.exists(save_path) or os.path.exists(ckpt_path)):
         raise SelfCascadeError(f"{save_path} (or its checkpoint) already exists; pass --resume to continue it or "
                                "choose another --output_name. Nothing was overwritten.")
+    return save_path
+
+
+def _encode(args, cfg, parallel):
+    """(model, clip, encoded items, caption texts, cache folder): the folder scanned, the latents read from the
+    cache or encoded (the VAE is loaded only when one is missing)."""
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.training.folder import cached_keys, encode_folder, scan_folder
+    from tqdm import tqdm
+
+    writer = parallel.is_writer
     vae_id = _file_id(args.vae or args.checkpoint)
     entries, warnings = parallel.from_rank0(lambda: scan_folder(
         args.train_data_dir, cfg, vae_id, skip_unreadable=args.skip_unreadable_images,
         caption_extension=args.caption_extension))
     for w in warnings if writer else []:
         logger.warning(w)
-
     cache_dir = None if args.no_latent_cache else os.path.abspath(args.latent_cache or os.path.join(args.output_dir,
                                                                                                      "latent_cache"))
     have = parallel.from_rank0(lambda: cached_keys(cache_dir))
-    need_vae = any(e.key not in have for e in entries)  # all cached: the VAE is not even loaded
-    model, clip, vae = load_models(args, need_vae)
+    model, clip, vae = load_models(args, any(e.key not in have for e in entries))
     cell = int(vae.spacial_compression_encode()) if vae is not None else cfg.latent_cell
     if cell != cfg.latent_cell:
         raise SelfCascadeError(f"this VAE has a latent scale of {cell} px, the trainer expects {cfg.latent_cell}.")
-    channels = int(model.model.diffusion_model.in_channels)
     texts = sorted({e.caption or args.prompt for e in entries})
     index = {t: i for i, t in enumerate(texts)}
-
-    def encode_text(text: str):
-        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
-
-    from tqdm import tqdm
-
     bar = tqdm(total=len(entries), desc="encode", disable=not writer, unit="img")
-    items, skipped = encode_folder(args.train_data_dir, entries, vae.encode if vae else None, cfg, channels,
+    items, skipped = encode_folder(args.train_data_dir, entries, vae.encode if vae else None, cfg,
+                                   int(model.model.diffusion_model.in_channels),
                                    lambda e: index[e.caption or args.prompt], cache_dir=cache_dir, parallel=parallel,
                                    skip_unreadable=args.skip_unreadable_images,
                                    progress=lambda n: bar.update(n * parallel.world_size), have=have)
     bar.close()
     for w in skipped if writer else []:
         logger.warning(w)
-    if args.cache_latents_only:
-        if writer:
-            print(f"cached {len(items)} images in {cache_dir}")
-        return 0
-    preflight(cfg, n_images=len(items), world_size=parallel.world_size)
-    conds = [encode_text(t) for t in texts]
-    empty = encode_text("") if cfg.caption_dropout > 0 or cfg.pivot_mode == "generated" else None
-    if writer:
-        os.makedirs(args.output_dir, exist_ok=True)
-        logger.info("%d images, %d captions; %d process(es), global batch %d (%s per process); %d steps -> %s",
-                    len(items), len(texts), parallel.world_size, cfg.batch_size,
-                    "/".join(str(len(Parallel(r, parallel.world_size).rows(cfg.batch_size)))
-                             for r in range(parallel.world_size)), cfg.steps, save_path)
+    return model, clip, items, texts, cache_dir
+
+
+def _train(args, cfg, parallel, model, items, conds, empty, save_path: str):
+    """train_on_pairs with stop signals, a progress bar and the loss log; (result, seconds, log or None)."""
+    from self_cascade.nodes.training import train_on_pairs
+    from tqdm import tqdm
 
     flag = {"signal": None, "rank": parallel.rank, "step": 0}
     previous_handlers = _signals(flag)
-    log = LossLog(save_path[: -len(".safetensors")]) if writer else None
-    steps_bar = tqdm(total=cfg.steps, desc="train", disable=not writer, unit="step")
+    log = LossLog(save_path[: -len(".safetensors")]) if parallel.is_writer else None
+    steps_bar = tqdm(total=cfg.steps, desc="train", disable=not parallel.is_writer, unit="step")
 
     def progress(step: int, total: int, loss: float) -> None:
         flag["step"] = step
@@ -340,15 +334,45 @@ def run(args, parallel) -> int:
         steps_bar.close()
         if log is not None:
             log.close()
+    return result, time.time() - started, log
+
+
+def run(args, parallel) -> int:
+    from self_cascade.nodes.common import SelfCascadeError
+    from self_cascade.nodes.training import Parallel, checkpoint_path_for, preflight
+
+    cfg = _config(args)
+    preflight(cfg, world_size=parallel.world_size)
+    save_path = _check_files(args, parallel)
+    ckpt_path = checkpoint_path_for(save_path)
+    model, clip, items, texts, cache_dir = _encode(args, cfg, parallel)
+    if args.cache_latents_only:
+        if parallel.is_writer:
+            print(f"cached {len(items)} images in {cache_dir}")
+        return 0
+    preflight(cfg, n_images=len(items), world_size=parallel.world_size)
+
+    def encode_text(text: str):
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+    conds = [encode_text(t) for t in texts]
+    empty = encode_text("") if cfg.caption_dropout > 0 or cfg.pivot_mode == "generated" else None
+    if parallel.is_writer:
+        os.makedirs(args.output_dir, exist_ok=True)
+        logger.info("%d images, %d captions; %d process(es), global batch %d (%s per process); %d steps -> %s",
+                    len(items), len(texts), parallel.world_size, cfg.batch_size,
+                    "/".join(str(len(Parallel(r, parallel.world_size).rows(cfg.batch_size)))
+                             for r in range(parallel.world_size)), cfg.steps, save_path)
+    result, seconds, log = _train(args, cfg, parallel, model, items, conds, empty, save_path)
     if result.file_path is None:
         where = (f"the last good checkpoint (step {result.checkpoint_step}) is kept at {ckpt_path}"
                  if result.checkpoint_step else "no checkpoint had been written yet")
         raise SelfCascadeError(f"training stopped: {result.stopped_reason}; {where}. No set was written. Resume "
                                "with a lower --learning_rate, or check the images and the VAE.")
-    if writer:
+    if parallel.is_writer:
         log.write_final(result.losses, {"steps": result.steps_done, "processes": parallel.world_size,
-                                        "seconds_this_run": round(time.time() - started, 3),
-                                        "config": vars(args) | {"resolution": [width, height]}})
+                                        "seconds_this_run": round(seconds, 3),
+                                        "config": vars(args) | {"resolution": [cfg.width, cfg.height]}})
         print(f"saved {save_path} ({result.steps_done} steps, {result.stopped_reason}); checkpoint {ckpt_path}; "
               f"loss log {log.csv}, {log.json}, plot {log.png}")
     return 0

@@ -23,6 +23,7 @@ from ..patch import TrainingPatch, check_unet
 from .config import TrainConfig, preflight
 from .data import TrainingImages, from_image_input
 from .hooks import CheckpointHooks, checkpoint_path_for
+from .identity import RUN_ID_KEY
 from .loop import LoopState, UpsamplerTrainingSampler, training_guider
 from .pairs import BatchSampler, EncodedImage, encode_images, generate_pivots, split_conditioning
 from .parallel import Parallel
@@ -118,26 +119,10 @@ def train_on_pairs(model, items: Sequence[EncodedImage], conds: list, *, config:
     with torch.inference_mode(False), torch.enable_grad(), ExitStack() as stack:
         if cfg.pivot_mode == "generated":
             generate_pivots(model, items, conds, empty, cfg, channels)
-        flat, slices = [], []
-        for cond in conds + ([empty] if empty is not None else []):
-            slices.append(list(range(len(flat), len(flat) + len(cond))))
-            flat.extend(cond)
-        empty_index = len(conds) if empty is not None else None
-
-        uset = new_upsamplers(model, unet, cfg)
-        optimizer = new_optimizer(uset, cfg)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        state = LoopState(step=0)
-        ckpt = _load_resume(save_path, ckpt_path, parallel) if resume else None
-        if ckpt is not None:
-            restore(ckpt, cfg, uset, optimizer, gen, ckpt_path)
-            state.step, state.losses = ckpt.step, list(ckpt.losses)
-            logger.info("Self-Cascade training: resumed %s at step %d.", os.path.basename(ckpt_path), ckpt.step)
-        elif resume:
-            logger.info("Self-Cascade training: resume requested but no checkpoint %s; starting at step 0.", ckpt_path)
+        flat, slices, empty_index = _flat_conds(conds, empty)
+        uset, optimizer, gen, state = _start(model, unet, cfg, save_path, ckpt_path, resume, parallel)
         hooks = CheckpointHooks(cfg, ckpt_path, uset, optimizer, gen, saved_step=state.step if resume else None,
                                 progress=progress, parallel=parallel)
-
         frozen(stack, model.model)
         training_patch = TrainingPatch(uset, torch.zeros(1, channels, *crop), 1.0, cfg.end_timestep)
         patched = training_patch.install(model)
@@ -158,15 +143,10 @@ def train_on_pairs(model, items: Sequence[EncodedImage], conds: list, *, config:
                                                   disable_pbar=True, seed=cfg.seed)
         else:
             state.stopped_reason = "already complete"
-    uset.eval().requires_grad_(False)
-    uset.info.steps = state.step
-    uset.info.extra.update(pivot_mode=cfg.pivot_mode, train_size=[cfg.width, cfg.height],
-                           learning_rate=cfg.learning_rate, batch_size=cfg.batch_size)
-    if run_id:
-        uset.info.extra["run_id"] = run_id
-    result = TrainResult(upsamplers=uset, losses=state.losses, steps_done=state.step,
-                         seconds=time.perf_counter() - started, stopped_reason=state.stopped_reason,
-                         checkpoint_path=ckpt_path, checkpoint_step=hooks.saved_step)
+    result = TrainResult(upsamplers=_finished_set(uset, state, cfg, run_id), losses=state.losses,
+                         steps_done=state.step, seconds=time.perf_counter() - started,
+                         stopped_reason=state.stopped_reason, checkpoint_path=ckpt_path,
+                         checkpoint_step=hooks.saved_step)
     if state.stopped_reason in ("completed", "already complete") and save_path:
         if hooks.saved_step != state.step:
             hooks.save(state)
@@ -175,3 +155,40 @@ def train_on_pairs(model, items: Sequence[EncodedImage], conds: list, *, config:
             save_upsamplers(save_path, uset)
         result.file_path = save_path
     return result
+
+
+def _flat_conds(conds: list, empty) -> tuple[list, list[list[int]], int | None]:
+    """Every conditioning entry in one list (then ``empty``'s), the slice of each conditioning, and the
+    index of ``empty`` among them (None without it)."""
+    flat, slices = [], []
+    for cond in conds + ([empty] if empty is not None else []):
+        slices.append(list(range(len(flat), len(flat) + len(cond))))
+        flat.extend(cond)
+    return flat, slices, len(conds) if empty is not None else None
+
+
+def _start(model, unet, cfg: TrainConfig, save_path, ckpt_path, resume: bool, parallel: Parallel):
+    """(set, optimiser, data/noise generator, loop state): fresh, or restored from the checkpoint."""
+    uset = new_upsamplers(model, unet, cfg)
+    optimizer = new_optimizer(uset, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    state = LoopState(step=0)
+    ckpt = _load_resume(save_path, ckpt_path, parallel) if resume else None
+    if ckpt is not None:
+        restore(ckpt, cfg, uset, optimizer, gen, ckpt_path)
+        state.step, state.losses = ckpt.step, list(ckpt.losses)
+        logger.info("Self-Cascade training: resumed %s at step %d.", os.path.basename(ckpt_path), ckpt.step)
+    elif resume:
+        logger.info("Self-Cascade training: resume requested but no checkpoint %s; starting at step 0.", ckpt_path)
+    return uset, optimizer, gen, state
+
+
+def _finished_set(uset: UpsamplerSet, state: LoopState, cfg: TrainConfig, run_id: str | None) -> UpsamplerSet:
+    """The trained set frozen, with what it was trained for and by which run in its metadata."""
+    uset.eval().requires_grad_(False)
+    uset.info.steps = state.step
+    uset.info.extra.update(pivot_mode=cfg.pivot_mode, train_size=[cfg.width, cfg.height],
+                           learning_rate=cfg.learning_rate, batch_size=cfg.batch_size)
+    if run_id:
+        uset.info.extra[RUN_ID_KEY] = run_id
+    return uset
