@@ -44,7 +44,7 @@ SHOW_JS = """(async () => {
 })()"""
 
 
-async def _shoot(port: int, url: str, names: list[str], out: Path) -> list[tuple[Path, float]]:
+async def shoot(port: int, url: str, names: list[str], out: Path) -> list[tuple[Path, float]]:
     written = []
     async with browser.frontend(port, url) as cdp:
         for name in names:
@@ -69,7 +69,7 @@ def main() -> int:
         server = hostenv.start_server(Path(tmp) / "comfy")
         try:
             with browser.chromium(Path(tmp) / "chromium", hostenv.free_port()) as port:
-                written = asyncio.run(_shoot(port, server.url + "/", names, args.out))
+                written = asyncio.run(shoot(port, server.url + "/", names, args.out))
         finally:
             server.stop()
     for path, scale in written:

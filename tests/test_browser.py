@@ -321,3 +321,16 @@ def test_templates_browser_and_help_pages(comfy_server, chrome):
             if not first or re.search(r"\bEq(\.|uation)|\bAlgorithm\b|\bECCV\b", first):
                 problems.append(f"{node_id}: the {what} opens with {first[:120]!r}")
     assert not problems, "\n".join(problems)
+
+
+def test_screenshot_script_writes_a_small_fitted_picture(comfy_server, chrome, tmp_path):
+    """dev/screenshots.py's capture on the running frontend: one workflow, the whole window, a small palette
+    PNG, at the zoom the frontend chose to fit the graph (no view is saved in the file)."""
+    import screenshots
+    from PIL import Image
+
+    ((path, scale),) = asyncio.run(screenshots.shoot(chrome, comfy_server.url + "/", ["train_upsamplers"], tmp_path))
+    with Image.open(path) as img:
+        assert img.size == browser.WINDOW and img.mode == "P", (img.size, img.mode)
+    assert path.stat().st_size < 120_000, path.stat().st_size
+    assert 0.57 < scale < 1.5, scale  # fitted: above the frontend's text threshold, not the saved default
