@@ -11,7 +11,9 @@ one group (below its title) and touches no other group, every note's text fits i
 scrolling at zoom 1), and the view the user gets on load shows every node, at a zoom where the
 frontend draws text, with no note under the minimap. A deliberately broken copy of a workflow
 shows each check can fail. The node-info panel renders each pack help page, whose tables fit the
-sidebar's default width on a 1280x800 screen and whose first sentence is plain words.
+sidebar's default width on a 1280x800 screen and whose first sentence is plain words; the
+templates browser names the pack's category and shows its square thumbnails; dev/screenshots.py's
+capture works on the same frontend.
 
 Driven over the Chrome DevTools Protocol (dev/browser.py). Skipped, with the reason, when Chromium
 is not installed (``.ci/run`` installs Debian's ``chromium``).
