@@ -60,7 +60,7 @@ def test_live_server_serves_every_help_page(comfy_server, client):
 
 
 def test_help_pages_auto_k_table_is_what_the_pack_computes(pack):
-    """The K_mode auto table on the Stage and Upscale help pages: every row is the K that
+    """The K_mode auto list on the Stage and Upscale help pages: every entry is the K that
     nodes.timesteps.equal_snr_k computes for K = 700 with ComfyUI's own model_sampling class of that family
     at its default shift (rounded to the whole timestep the table shows)."""
     import comfy.model_sampling as cms
@@ -87,5 +87,5 @@ def test_help_pages_auto_k_table_is_what_the_pack_computes(pack):
                 "Cosmos (1)": flow(1.0)}
     want = {name: str(round(equal_snr_k(ms, 700.0))) for name, ms in families.items()}
     for page in ("SelfCascadeStage.md", "SelfCascadeUpscale.md"):
-        rows = dict(re.findall(r"^\| ([^|]+?) \| (\d+) \|$", (DOCS / page).read_text(), re.M))
+        rows = dict(re.findall(r"^- ([^:`\n]+): (\d+)$", (DOCS / page).read_text(), re.M))
         assert rows == want, (page, rows, want)
