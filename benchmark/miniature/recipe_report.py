@@ -51,15 +51,20 @@ def schedule_verdict(s: dict, ref: dict, steps: int, ref_steps: int) -> dict:
             "composition_diff": g_c, "composition_diff_ci": ci_c, "steps": steps, "ref_steps": ref_steps}
 
 
-def verdicts(results: dict, fresh: str, tf: str, trained: list[str], schedules: list, k_row) -> dict:
+def verdicts(results: dict, fresh: str, tf: str) -> dict:
+    """Every trained row ("T ...") against the fresh set and TF, every per-stage K row ("TF K a/b")
+    against TF (K=700 everywhere), per target."""
     out: dict = {"recipes": {}, "schedules": {}}
     for name, res in results.items():
-        rows = res["rows"]
-        out["recipes"][name] = {r: recipe_verdict(rows[r], rows[fresh], rows[tf]) for r in trained if r in rows}
-        steps = res["executed_steps"]
-        out["schedules"][name] = {
-            k_row(s): schedule_verdict(rows[k_row(s)], rows[tf], steps[f"{s[0]:g}/{s[1]:g}"], steps["700/700"])
-            for s in schedules if k_row(s) in rows}
+        rows, steps = res["rows"], res["executed_steps"]
+        if fresh not in rows or tf not in rows:  # one part of a split run: verdicts after --merge
+            out["recipes"][name], out["schedules"][name] = {}, {}
+            continue
+        out["recipes"][name] = {r: recipe_verdict(rows[r], rows[fresh], rows[tf])
+                                for r in rows if r.startswith("T ") and r != fresh}
+        out["schedules"][name] = {r: schedule_verdict(rows[r], rows[tf], steps[r.removeprefix("TF K ")],
+                                                      steps["700/700"])
+                                  for r in rows if r.startswith("TF K ")}
     return out
 
 

@@ -36,6 +36,8 @@ from .scoring import pool, score_set
 REPO = Path(__file__).resolve().parents[2]
 DIRECT, HIRES, TF, FRESH = "Direct", "Hires fix (denoise 0.7)", "TF (K=700)", "T untrained (fresh set)"
 USES_BASE = {HIRES, TF, FRESH}
+GROUPS = {"baselines": "direct, hires fix, TF, the fresh set", "trained": "the trained sets",
+          "schedules": "TF with per-stage K"}
 
 
 def t_row(recipe: str, variant: str = "light") -> str:
@@ -51,10 +53,17 @@ def null_cond(n: int) -> list:
 
 
 def train_sets(S: Sampling, args, workdir: Path) -> tuple[dict, dict]:
-    """{row: UpsamplerSet} for the fresh set and every trained recipe, and the training summaries."""
+    """{row: UpsamplerSet} for the fresh set and every trained recipe, and the training summaries;
+    with ``--load-sets`` the trained sets (and summaries) of an earlier ``--save-sets`` run instead."""
+    from ...upsampler.fileformat import load_upsamplers, save_upsamplers
+
+    sets, info = {FRESH: tr.fresh_set(S.model, args.variant, args.variant_size)}, {}
+    for d in args.load_sets:
+        index = json.loads((d / "index.json").read_text())
+        for row, entry in index.items():
+            sets[row], info[row] = load_upsamplers(str(d / entry["file"])), entry["info"]
     caps = tr.t_captions(args.train_images)
     pos = [bm.caption_cond(c[None]) for c in caps]  # one caption per training image
-    sets, info = {FRESH: tr.fresh_set(S.model, args.variant, args.variant_size)}, {}
     jobs = [(r, args.variant, args.variant_size) for r in args.recipes] + [(r, "official", 0) for r in args.official]
     for recipe, variant, size in jobs:
         row, c = t_row(recipe, variant), time.process_time()
@@ -66,13 +75,26 @@ def train_sets(S: Sampling, args, workdir: Path) -> tuple[dict, dict]:
                                       generated_cfg=args.cfg)
         sets[row] = snaps[args.budget]
         print(f"  {row}: trained, cpu {time.process_time() - c:.0f}s", flush=True)
+        if args.save_sets is not None:
+            args.save_sets.mkdir(parents=True, exist_ok=True)
+            name = row.replace("/", "_").replace(" ", "_").replace("(", "").replace(")", "") + ".safetensors"
+            save_upsamplers(str(args.save_sets / name), sets[row])
+            index_path = args.save_sets / "index.json"
+            index = json.loads(index_path.read_text()) if index_path.exists() else {}
+            index[row] = {"file": name, "info": info[row]}
+            index_path.write_text(json.dumps(index, indent=1))
+    if "trained" not in args.groups:
+        sets = {FRESH: sets[FRESH]}
+    if "baselines" not in args.groups:
+        sets.pop(FRESH)
     return sets, info
 
 
 def evaluate_target(S: Sampling, name: str, args, sets: dict) -> dict:
     base_hw, target = TARGETS[name]
     n, aspect = args.samples, base_hw[1] / base_hw[0]
-    schedules = args.k_schedules if name in args.k_targets and len(stage_sizes(base_hw, target)) > 1 else []
+    multi = name in args.k_targets and len(stage_sizes(base_hw, target)) > 1
+    schedules = args.k_schedules if multi and "schedules" in args.groups else []
     per_row: dict[str, list] = {}
     base_counts, grid = [], None
     for si, seed in enumerate(args.seed_sets):
@@ -85,9 +107,10 @@ def evaluate_target(S: Sampling, name: str, args, sets: dict) -> dict:
         base_img = scenes.from_latent(base_lat)
         base_counts += rep_counts(base_img)
         lat, times = {}, {}
-        lat[DIRECT], times[DIRECT] = timed(S.direct, n, target, seed)
-        lat[HIRES], times[HIRES] = timed(S.hires, base_lat, target, seed)
-        lat[TF], times[TF] = timed(S.cascade, base_lat, base_hw, target, seed)
+        if "baselines" in args.groups:
+            lat[DIRECT], times[DIRECT] = timed(S.direct, n, target, seed)
+            lat[HIRES], times[HIRES] = timed(S.hires, base_lat, target, seed)
+            lat[TF], times[TF] = timed(S.cascade, base_lat, base_hw, target, seed)
         for row, ups in sets.items():
             lat[row], times[row] = timed(S.cascade, base_lat, base_hw, target, seed, ups)
         for sch in schedules:
@@ -112,8 +135,8 @@ def evaluate_target(S: Sampling, name: str, args, sets: dict) -> dict:
             "base_composition": k / len(base_counts), "grid": grid_path.name, "grid_rows": [r for r, _ in grid],
             "stages": len(stage_sizes(base_hw, target)),
             "executed_steps": rr.executed_steps(S.model, args.steps, len(stage_sizes(base_hw, target)),
-                                                [(700.0, 700.0), *schedules]),
-            "rows": {r: pool(v) for r, v in per_row.items()}}
+                                                [(700.0, 700.0), *args.k_schedules]),
+            "rows": {r: pool(v) for r, v in per_row.items()}, "per_set": per_row}
 
 
 def rep_counts(img: torch.Tensor) -> list[int]:
@@ -131,11 +154,13 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="recipes")
     ap.add_argument("--quick", action="store_true", help="2 samples, one seed set, 2 training steps, 8 sampler steps (CI)")
-    ap.add_argument("--targets", nargs="+", default=["4x", "16x"], choices=list(TARGETS))
+    ap.add_argument("--targets", nargs="*", default=["4x", "16x"], choices=list(TARGETS),
+                    help="none: train (and --save-sets) only")
     ap.add_argument("--samples", type=int, default=16, help="samples per seed set")
     ap.add_argument("--seed-sets", type=int, nargs="+", default=[0, 1000, 2000])
     ap.add_argument("--steps", type=int, default=20, help="sampler steps (schedule length) of every call")
-    ap.add_argument("--cfg", type=float, default=3.0, help="cfg of every row and of the generated pivots")
+    ap.add_argument("--cfg", type=float, default=5.0, help="cfg of every row and of the generated pivots "
+                    "(5: chosen on seed sets 5000 / 6000, docs/BENCHMARK.md)")
     ap.add_argument("--recipes", nargs="*", default=list(tr.RECIPES), choices=list(tr.RECIPES))
     ap.add_argument("--official", nargs="*", default=[], choices=list(tr.RECIPES),
                     help="recipes that also get the official-size set")
@@ -154,13 +179,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--weights", default=str(bm.CAPTION_WEIGHTS), help="the captioned base model")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS),
+                    help="row groups to sample (a run split across processes; --merge joins them)")
+    ap.add_argument("--save-sets", type=Path, default=None, help="save every trained set here (index.json)")
+    ap.add_argument("--load-sets", type=Path, nargs="*", default=[], help="use the sets saved by --save-sets runs")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="only pool these runs' results (same rows, other seed sets) into --out")
     args = ap.parse_args(argv)
+    command = "python benchmark/recipes.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.merge:
+        return merge(Path(args.out or REPO / "benchmark" / "results" / args.name), args.merge, command)
     if args.quick:
         args.samples, args.seed_sets, args.steps, args.budget, args.train_images = 2, args.seed_sets[:1], 8, 2, 4
     args.out = args.out or str(REPO / "benchmark" / "results" / args.name)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    command = "python benchmark/recipes.py " + " ".join(argv if argv is not None else sys.argv[1:])
     import comfy.utils
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
@@ -173,14 +206,50 @@ def main(argv=None) -> dict:
         sets, info = train_sets(S, args, Path(tmp))
     t_train = time.perf_counter() - t0
     print(f"[{t_train:.0f}s] trained", flush=True)
+    if not args.targets:
+        return {"training": info}
     results = {name: evaluate_target(S, name, args, sets) for name in args.targets}
     total = time.perf_counter() - t0
-    verdicts = rr.verdicts(results, FRESH, TF, [r for r in sets if r != FRESH], args.k_schedules, k_row)
-    rr.write_table(Path(args.out) / "table.md", results, verdicts, info, command, vars(args), total, t_train)
-    (Path(args.out) / "results.json").write_text(json.dumps(
+    return write(Path(args.out), results, info, command, vars(args), total, t_train)
+
+
+def write(out: Path, results: dict, info: dict, command: str, args: dict, total: float, t_train: float) -> dict:
+    verdicts = rr.verdicts(results, FRESH, TF)
+    rr.write_table(out / "table.md", results, verdicts, info, command, args, total, t_train)
+    (out / "results.json").write_text(json.dumps(
         {"command": command, "total_seconds": round(total, 1), "training_seconds": round(t_train, 1),
-         "training": info, "verdicts": verdicts, "args": {k: str(v) for k, v in vars(args).items()},
+         "training": info, "verdicts": verdicts, "args": {k: str(v) for k, v in args.items()},
          "results": results}, indent=1, default=str))
-    (Path(args.out) / "command.txt").write_text(command + f"\n# total wall time {total:.0f} s\n")
-    print((Path(args.out) / "table.md").read_text())
+    (out / "command.txt").write_text(command + f"\n# total wall time {total:.0f} s\n")
+    print((out / "table.md").read_text())
     return {"results": results, "verdicts": verdicts}
+
+
+def merge(out: Path, parts: list[Path], command: str) -> dict:
+    """One table from runs of the same settings split across processes by seed set and/or row
+    group: every row's raw per-set scores are joined (one per seed set, ordered by seed), pooled
+    again and the verdicts recomputed; times are the parts' sums."""
+    runs = [json.loads((p / "results.json").read_text()) for p in parts]
+    results: dict = {}
+    for run in runs:
+        for name, res in run["results"].items():
+            tgt = results.setdefault(name, {**res, "per_set": {}, "base_counts": {}})
+            tgt["base_counts"].update({str(s["seed"]): s["counts"] for s in res["per_set"]["Base sample"]})
+            for row, sets in res["per_set"].items():
+                tgt["per_set"].setdefault(row, {}).update({s["seed"]: s for s in sets})
+    for res in results.values():
+        res["per_set"] = {r: [v[k] for k in sorted(v)] for r, v in res["per_set"].items()}
+        res["rows"] = {r: pool(v) for r, v in res["per_set"].items()}
+        res["seed_sets"] = sorted(s["seed"] for s in res["per_set"]["Base sample"])
+        counts = [c for v in res.pop("base_counts").values() for c in v]
+        res["base_composition"] = sum(c == 1 for c in counts) / len(counts)
+    args = dict(runs[0]["args"])
+    args.update(seed_sets=sorted({s for res in results.values() for s in res["seed_sets"]}),
+                samples=int(args["samples"]), steps=int(args["steps"]), cfg=float(args["cfg"]),
+                budget=int(args["budget"]), batch=int(args["batch"]), lr=float(args["lr"]),
+                caption_dropout=float(args["caption_dropout"]))
+    info = {k: v for run in runs for k, v in run["training"].items()}
+    out.mkdir(parents=True, exist_ok=True)
+    command = command + "  # joining: " + "; ".join(r["command"] for r in runs)
+    return write(out, results, info, command, args, sum(r["total_seconds"] for r in runs),
+                 sum(r["training_seconds"] for r in runs))

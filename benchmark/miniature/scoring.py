@@ -20,7 +20,7 @@ def score_set(img: torch.Tensor, *, base_img: torch.Tensor, real: torch.Tensor, 
     """Metrics of one seed set's images (IMAGE tensors 0..1); ``caption``: the captions the samples
     were asked for (captioned model), scored as the share whose object has the caption's colour."""
     base_hw = tuple(base_img.shape[1:3])
-    r = {"counts": mt.count_objects(img, at=base_hw), "n": int(img.shape[0])}
+    r = {"counts": mt.count_objects(img, at=base_hw), "n": int(img.shape[0]), "seed": seed}
     if uses_base:
         r["iou"] = mt.pivot_iou(img, base_img)
     if fidelity:
