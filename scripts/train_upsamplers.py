@@ -194,8 +194,11 @@ class LossLog:
             if os.path.exists(self.csv):
                 with open(self.csv) as fh:
                     rows = [r for r in fh.read().splitlines()[1:] if r and int(r.split(",")[0]) < step]
-            self.fh = open(self.csv, "w")
-            self.fh.write("\n".join(["step,loss", *rows]) + "\n")
+            from self_cascade.upsampler.checkpoint import atomic_write
+
+            head = "\n".join(["step,loss", *rows]) + "\n"  # rewritten atomically: a full disk keeps the old log
+            atomic_write(self.csv, lambda tmp: _write_text(tmp, head))
+            self.fh = open(self.csv, "a")
         self.fh.write(f"{step},{loss!r}\n")
         self.fh.flush()
 

@@ -255,3 +255,23 @@ def test_real_full_and_read_only_file_system(pack, ck, tiny_fs):
     with pytest.raises(ck.WriteFailedError, match="read-only file system"):
         save_upsamplers(str(path), _small_set(size=16))
     assert path.read_bytes() == before and os.listdir(tiny_fs) == ["set.safetensors"]
+
+
+def test_cli_live_loss_log_keeps_earlier_rows_on_a_full_disk(pack, ck, tmp_path, monkeypatch):
+    """A resumed CLI run rewrites its live loss CSV (earlier rows kept) before appending: on a full
+    disk that rewrite fails with the path named and the earlier rows intact."""
+    from test_train_cli import _cli
+
+    stem = str(tmp_path / "run")
+    csv = tmp_path / "run.loss.csv"
+    csv.write_text("step,loss\n1,0.5\n2,0.4\n3,0.3\n")
+    log = _cli().LossLog(stem)
+    with monkeypatch.context() as m:
+        _fail_at(m, "replace", errno.ENOSPC)
+        with pytest.raises(ck.WriteFailedError, match="run.loss.csv"):
+            log.add(3, 0.25)
+    assert csv.read_text() == "step,loss\n1,0.5\n2,0.4\n3,0.3\n" and os.listdir(tmp_path) == ["run.loss.csv"]
+    log.add(3, 0.25)
+    log.add(4, 0.2)
+    log.close()
+    assert csv.read_text() == "step,loss\n1,0.5\n2,0.4\n3,0.25\n4,0.2\n"
