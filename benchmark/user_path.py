@@ -11,7 +11,7 @@ are noise. Server configurations (``--configs``), each a fresh server:
 
 - ``default``: no flags (the whole GPU): sd15_cascade_2048, sd15_image_cascade_2048, sdxl_cascade_4096 at the
   shipped steps;
-- ``12gb``, ``8gb``: an emulated smaller card: ComfyUI's ``--reserve-vram`` (total - card GiB: ComfyUI plans,
+- ``8gb``, ``12gb``: an emulated smaller card: ComfyUI's ``--reserve-vram`` (total - card GiB: ComfyUI plans,
   offloads and partially loads for that card) and the CUDA allocator capped at the card's size (so what would
   not fit fails); the CUDA context (~0.5 GiB on a real card) is not counted;
 - ``lowvram``: ComfyUI's ``--lowvram`` on the whole GPU.
@@ -49,8 +49,8 @@ CLIENT = REPO / "workflows" / "api" / "queue_workflow.py"
 SD15, SDXL, IMAGE = "sd15_cascade_2048", "sdxl_cascade_4096", "sd15_image_cascade_2048"
 FILES = {"sd15": "random_sd15.safetensors", "sdxl": "random_sdxl.safetensors", "pth": "upsampler_only.pth"}
 CONFIGS = {"default": dict(flags=[], card=None, workflows=[SD15, IMAGE, SDXL]),
-           "12gb": dict(flags=[], card=12.0, workflows=[SDXL, SD15]),
            "8gb": dict(flags=[], card=8.0, workflows=[SDXL, SD15]),
+           "12gb": dict(flags=[], card=12.0, workflows=[SDXL, SD15]),
            "lowvram": dict(flags=["--lowvram"], card=None, workflows=[SDXL, SD15])}
 #: first guesses of a row's seconds (full size, shipped steps) until a row of the workflow has run; server start
 GUESS = {SD15: 30.0, IMAGE: 25.0, SDXL: 90.0, "start": 35.0}

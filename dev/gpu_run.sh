@@ -7,10 +7,10 @@
 #   GPU_RUN_SECONDS [470]  the whole run's budget; SUITE_MINUTES [2.8] the suite's (0: no suite);
 #   SUITE_FAMILIES [sd15]; SUITE_SECTIONS [inference,overhead]; SUITE_ROWS [direct,tf_cascade,t_official,t_light];
 #   SUITE_PROFILE [1] (0: no --profile); SUITE_ARGS [] more gpu_suite.py arguments (e.g. --steps 10);
-#   USER_CONFIGS [default,12gb,8gb,lowvram] (empty: no user path); USER_ARGS [] more user_path.py arguments.
+#   USER_CONFIGS [default,8gb,12gb,lowvram] (empty: no user path); USER_ARGS [] more user_path.py arguments.
 # A second, shorter run (same machine: the built checkpoints in /tmp are reused), e.g.
 #   SUITE_FAMILIES=sdxl SUITE_ROWS=direct,tf_cascade,t_official SUITE_SECTIONS=inference SUITE_PROFILE=0 \
-#   SUITE_MINUTES=2.6 USER_CONFIGS=8gb,lowvram GPU_RUN_SECONDS=230 bash dev/gpu_run.sh
+#   SUITE_MINUTES=3.0 USER_CONFIGS=12gb,lowvram GPU_RUN_SECONDS=330 bash dev/gpu_run.sh
 # CPU check (smoke sizes, no GPU): GPU_RUN_SMOKE=1 OUT=/tmp/x COMFYUI_PATH=... dev/gpu_run.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ TOTAL=${GPU_RUN_SECONDS:-470}
 SUITE_MINUTES=${SUITE_MINUTES:-2.8}
 SUITE_FAMILIES=${SUITE_FAMILIES:-sd15}
 SUITE_ROWS=${SUITE_ROWS:-direct,tf_cascade,t_official,t_light}
-USER_CONFIGS=${USER_CONFIGS-default,12gb,8gb,lowvram}
+USER_CONFIGS=${USER_CONFIGS-default,8gb,12gb,lowvram}
 SMOKE=${GPU_RUN_SMOKE:-}
 mkdir -p "$OUT/suite" "$OUT/user"
 LOG="$OUT/gpu_run.log"
