@@ -207,3 +207,18 @@ def test_opt_in_rows_stay_out_of_the_default_and_graph_replay_falls_back_to_eage
                         "--out", str(tmp_path)])
     (_, row) = res["inference"]["sd15"]
     assert row["name"] == "tf_cudagraph" and row["status"] == "done" and row["finite"]
+
+
+def test_quoted_gpu_figures_are_the_committed_run_s():
+    """README and docs/PERFORMANCE.md quote the committed H200 run: every time ratio they quote is the one
+    in benchmark/results/gpu/results.json (rounded as quoted), with the device and the corrected commit."""
+    res = json.loads((REPO / "benchmark" / "results" / "gpu" / "results.json").read_text())
+    assert res["meta"]["commit"] == "79ec1e2" and res["meta"]["device_name"] == "NVIDIA H200"
+    docs = {p: (REPO / p).read_text() for p in ("README.md", "docs/PERFORMANCE.md")}
+    for fam, rows in res["inference"].items():
+        for r in rows:
+            if r["name"] in ("tf_cascade", "t_official", "t_light", "hires_fix", "deep_shrink"):
+                for path, text in docs.items():
+                    assert f"{r['ratio']:.3f}x" in text, (path, fam, r["name"])
+    for text in docs.values():
+        assert "NVIDIA H200" in text and "79ec1e2" in text and "not yet run on a GPU" not in text
