@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SKIP = (".host/", ".git/", "out/", "benchmark/results/")
+#: Not the project's code: the host, git, outputs, and the ignored local folders (the GPU-run copy of ComfyUI,
+#: scratch snapshots, caches) that never reach a clone.
+SKIP = (".host/", ".git/", "out/", "benchmark/results/", ".gpu/", ".devsnap/", ".devdeps/", ".mine/", ".hypothesis/")
 #: The only files allowed to edit sys.path: the start-up helper and the test conftest.
 PATH_EDITORS = {"scripts/comfy_startup.py", "tests/conftest.py"}
 PATH_EDIT = re.compile(r"sys\.path\.(insert|append|extend|remove)\(|sys\.path\s*(\+=|=[^=])|sys\.path\[")
