@@ -17,13 +17,15 @@ import pytest
 import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
-#: The top-level entries a user needs: code, workflows, web help pages, docs, scripts, README, licence, metadata.
-SHIPPED = {"__init__.py", "nodes", "upsampler", "workflows", "web", "docs", "scripts", "README.md", "LICENSE",
-           "pyproject.toml", "requirements.txt"}
+#: The top-level entries a user needs: code, workflows, web help pages, the frontend's locale strings, docs,
+#: scripts, README, licence, metadata.
+SHIPPED = {"__init__.py", "nodes", "upsampler", "workflows", "web", "locales", "docs", "scripts", "README.md",
+           "LICENSE", "pyproject.toml", "requirements.txt"}
 NEVER = ("benchmark/", "tests/", "dev/", ".ci/")
 #: One file of each kind that the installed pack needs.
 NEEDED = ("__init__.py", "nodes/__init__.py", "nodes/stage.py", "upsampler/modules.py", "web/docs/SelfCascadeStage.md",
           "workflows/sd15_cascade_2048.json", "workflows/api/sd15_cascade_2048.json", "docs/TUNING_FREE.md",
+          "locales/en/main.json",
           "scripts/train_upsamplers.py", "README.md", "LICENSE", "pyproject.toml", "requirements.txt")
 #: Well above today's zip (about 0.35 MB) and well below the 6 MB it was without .comfyignore.
 MAX_ZIP_BYTES = 2_000_000
