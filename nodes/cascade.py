@@ -76,12 +76,14 @@ def cascade_stage(model, positive, negative, latent: dict, settings: StageSettin
     import comfy.samplers
     import latent_preview
 
-    from .checks import batch_index_of, validate_stage
+    from .checks import batch_index_of, check_conditioning, validate_stage
     from .pivot import PIVOT_KEY, make_pivot
     from .timesteps import cascade_sigmas
 
     s = settings
     samples, size = validate_stage(model, latent, s, tuned=upsamplers is not None)
+    check_conditioning(positive, "positive")
+    check_conditioning(negative, "negative")
     pivot = make_pivot(latent, samples, size, s.upscale_method)
     pivot_latent = pivot["samples"]
     sigma_k, sigmas = cascade_sigmas(model, s.K, s.steps, s.scheduler)

@@ -114,6 +114,15 @@ def pivot_size(samples: torch.Tensor, scale: float, width: int, height: int) -> 
     return size
 
 
+def check_conditioning(value, name: str) -> None:
+    """A CONDITIONING: a non-empty list of [tensor, dict] pairs (what CLIPTextEncode makes)."""
+    ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        isinstance(c, (list, tuple)) and len(c) == 2 and torch.is_tensor(c[0]) and isinstance(c[1], dict) for c in value)
+    if not ok:
+        raise SelfCascadeError(f"'{name}' is a {type(value).__name__}, not a CONDITIONING; connect a text encoder's "
+                               "output (e.g. CLIP Text Encode).")
+
+
 def validate_stage(model, latent: dict, s, *, tuned: bool) -> tuple[torch.Tensor, tuple[int, int]]:
     """Every input check of a stage (``s`` is a StageSettings): the model-checked samples and the pivot size."""
     import comfy.samplers
@@ -124,6 +133,8 @@ def validate_stage(model, latent: dict, s, *, tuned: bool) -> tuple[torch.Tensor
     check_choice(s.scheduler, comfy.samplers.SCHEDULER_NAMES, "scheduler")
     check_k(s.K)
     check_steps(s.steps)
+    if not 0.0 <= float(s.cfg) < float("inf"):  # NaN too
+        raise SelfCascadeError(f"'cfg' = {s.cfg} is not a guidance scale; use a number >= 0 (e.g. 7).")
     if tuned:
         check_strength(s.strength)
         check_end_timestep(s.end_timestep)
