@@ -1,7 +1,8 @@
 """Does training the upsamplers earn its place? The four training recipes and per-stage K, on the captioned model.
 
-    .host/venv/bin/python benchmark/recipes.py --name recipes_4x --targets 4x                # part 1
-    .host/venv/bin/python benchmark/recipes.py --quick --name quick                          # CI smoke
+    .host/venv/bin/python benchmark/recipes.py --targets 4x 16x --name recipes   # one process
+    benchmark/recipes_parts.sh          # the committed tables: 25 processes joined by --merge
+    .host/venv/bin/python benchmark/recipes.py --quick --name quick              # CI smoke
 
 The base model is the captioned one (model.CAPTION_WEIGHTS: shape and colour class, null caption
 for dropout), so every row samples each seed from the caption of a real scene at cfg > 1 (the null
