@@ -27,6 +27,7 @@ from pathlib import Path
 
 import browser  # dev/browser.py (dev/ is on the host venv's path)
 import graph  # dev/workflows/graph.py (on the path via conftest)
+import layout  # dev/workflows/layout.py
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,10 +102,10 @@ LOAD_JS = """(async () => {
 
 def layout_problems(r: dict) -> list[str]:
     """What breaks the layout rule in one loaded workflow, on the frontend's boxes (title bars included):
-    the generator's geometric rule (graph.layout_problems), notes whose text does not fit, and the view on
+    the generator's geometric rule (layout.layout_problems), notes whose text does not fit, and the view on
     load (every node on screen, text drawn, nothing under the minimap)."""
     name = {b["id"]: f"{b['title'] or b['type']} (#{b['id']})" for b in r["boxes"]}
-    problems = graph.layout_problems([(name[b["id"]], b["box"]) for b in r["boxes"]],
+    problems = layout.layout_problems([(name[b["id"]], b["box"]) for b in r["boxes"]],
                                      [(g["title"], g["box"], g["titleHeight"]) for g in r["groups"]])
     for note in r["notes"]:
         if note["client"] <= 0 or note["text"] > note["client"] or note["wide"]:
@@ -122,9 +123,9 @@ def layout_problems(r: dict) -> list[str]:
         x, y, w, h = b["box"]
         screen = [(x + v["offset"][0]) * v["scale"] + cx, (y + v["offset"][1]) * v["scale"] + cy,
                   w * v["scale"], h * v["scale"]]
-        if not graph.inside(screen, v["canvas"]):
+        if not layout.inside(screen, v["canvas"]):
             problems.append(f"{name[b['id']]} is outside the view on load")
-        if v["minimap"] and graph.overlap(screen, v["minimap"]) > 0:
+        if v["minimap"] and layout.overlap(screen, v["minimap"]) > 0:
             problems.append(f"{name[b['id']]} is under the minimap in the view on load")
     return problems
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import graph  # dev/workflows/graph.py, the generator's format conversion (on the path via conftest)
+import layout  # dev/workflows/layout.py, the layout rule
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -301,7 +302,7 @@ def test_saved_layout_keeps_the_rule_and_notes_link_docs_in_full(name):
     saved (the frontend fits the graph to the window). Notes name docs by full link to the repository, and
     each of those files exists here."""
     ui = _ui(name)
-    assert graph.layout_problems(*graph.ui_boxes(ui)) == []
+    assert layout.layout_problems(*layout.ui_boxes(ui)) == []
     assert "ds" not in ui["extra"]
     notes = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] in graph.NOTE_TYPES)
     assert "docs/" in notes
@@ -319,7 +320,7 @@ def test_layout_rule_can_fail():
     note = next(n for n in ui["nodes"] if n["type"] in graph.NOTE_TYPES)
     note["pos"] = [note["pos"][0], note["pos"][1] + 5000]
     ui["groups"][1]["bounding"][0] -= 200
-    found = "\n".join(graph.layout_problems(*graph.ui_boxes(ui)))
+    found = "\n".join(layout.layout_problems(*layout.ui_boxes(ui)))
     assert f"(#{stages[1]['id']}) overlaps" in found or f"overlaps {stages[1]['title']}" in found, found
     assert f"(#{note['id']}) is not inside exactly one group" in found, found
     assert "overlaps group" in found, found
