@@ -355,3 +355,42 @@ def test_recipes_quick_smoke(tmp_path, pack):
     modes = {r: i["method"] for r, i in data["training"].items()}
     assert "pivot generated, t in (0, 999]" in modes["T gen/all"] and "pivot downsample, t in (100, 700]" in modes["T gt/K"]
     assert (tmp_path / "grid_16x.png").stat().st_size > 0
+
+
+def test_recipes_merge_joins_parts_by_seed_and_row_group(tmp_path, pack):
+    """recipes.py --merge: rows split by seed set and row group are joined per row in seed order and
+    pooled again exactly as one run would pool them; the verdicts appear once TF and the fresh set do."""
+    import json
+
+    from self_cascade.benchmark.miniature.recipes import FRESH, TF, merge
+    from self_cascade.benchmark.miniature.scoring import pool
+
+    def s(seed, iou, swd):
+        return {"counts": [1, 1, 2], "n": 3, "seed": seed, "iou": iou, "swd_fine": swd}
+
+    sets = {seed: {"Base sample": {"counts": [1, 1, 1], "n": 3, "seed": seed}, TF: s(seed, [0.5, 0.6, 0.4], 200.0),
+                   FRESH: s(seed, [0.6, 0.6, 0.5], 190.0), "T gt/K": s(seed, [0.8, 0.9, 0.7], 210.0 + seed / 1000)}
+            for seed in (0, 1000)}
+    groups = {"b": ("Base sample", TF, FRESH), "t": ("Base sample", "T gt/K")}
+    parts = []
+    for seed in (1000, 0):  # out of order on purpose
+        for g, rows in groups.items():
+            d = tmp_path / f"{g}{seed}"
+            d.mkdir()
+            res = {"base": [16, 16], "target": [64, 64], "samples_per_set": 3, "seed_sets": [seed], "stages": 2,
+                   "base_composition": 1.0, "grid": "grid_16x.png", "grid_rows": list(rows),
+                   "executed_steps": {"700/700": 30}, "per_set": {r: [sets[seed][r]] for r in rows}}
+            args = {"seed_sets": f"[{seed}]", "samples": "3", "steps": "20", "cfg": "5.0", "budget": "200",
+                    "batch": "8", "lr": "0.0003", "caption_dropout": "0.1"}
+            (d / "results.json").write_text(json.dumps({"command": f"part {g}{seed}", "total_seconds": 1.0,
+                                                        "training_seconds": 0.0, "training": {}, "args": args,
+                                                        "results": {"16x": res}}))
+            parts.append(d)
+    out = merge(tmp_path / "merged", parts, "merge")
+    rows = out["results"]["16x"]["rows"]
+    for r in (TF, FRESH, "T gt/K"):
+        assert rows[r] == pool([sets[0][r], sets[1000][r]]), r
+    assert out["results"]["16x"]["seed_sets"] == [0, 1000]
+    assert out["verdicts"]["recipes"]["16x"]["T gt/K"]["swd_best_sets"] == 0
+    assert out["verdicts"]["recipes"]["16x"]["T gt/K"]["iou_gain_fresh"] > 0
+    assert "| T gt/K |" in (tmp_path / "merged" / "table.md").read_text()
