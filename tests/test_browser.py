@@ -9,9 +9,9 @@ The layout rule is checked on the sizes the frontend gives the nodes (after its 
 ``computeSize`` growth, title bars included): no two nodes overlap, every node and note lies inside
 one group (below its title) and touches no other group, every note's text fits its box (no
 scrolling at zoom 1), and the view the user gets on load shows every node, at a zoom where the
-frontend draws text, with no note under the minimap. A deliberately broken copy of a workflow
-shows each check can fail. The node-info panel renders each pack help page, whose tables fit the
-sidebar's default width on a 1280x800 screen and whose first sentence is plain words; the
+frontend draws text, with none under the minimap or the Run toolbar. A deliberately broken copy
+of a workflow shows each check can fail. The node-info panel renders each pack help page, which
+fits the sidebar's default width on a 1280x800 screen and whose first sentence is plain words; the
 templates browser names the pack's category and shows its square thumbnails; dev/screenshots.py's
 capture works on the same frontend.
 
@@ -73,10 +73,13 @@ LOAD_JS = """(async () => {
   const dialogErrors = dialog ? [...dialog.querySelectorAll('.p-message-error')].map(e => e.innerText.trim()) : [];
   const c = window.app.canvas;
   const r = c.canvas.getBoundingClientRect();
-  const mm = document.querySelector('.minimap-main-container');
-  const m = mm ? mm.getBoundingClientRect() : null;
+  const overlays = {};  // what the frontend draws over the canvas
+  for (const [what, selector] of [['minimap', '.minimap-main-container'], ['Run toolbar', '.actionbar-container']]) {
+    const e = document.querySelector(selector);
+    if (e) { const b = e.getBoundingClientRect(); overlays[what] = [b.left, b.top, b.width, b.height]; }
+  }
   const view = {scale: c.ds.scale, offset: [...c.ds.offset], lowQuality: c.low_quality, threshold: c._lowQualityZoomThreshold,
-                canvas: [r.left, r.top, r.width, r.height], minimap: m ? [m.left, m.top, m.width, m.height] : null};
+                canvas: [r.left, r.top, r.width, r.height], overlays};
   const boxes = nodes.map(n => ({id: n.id, type: n.type, title: n.title, box: [...n.boundingRect]}));
   const groups = (graph._groups || graph.groups).map(g => ({title: g.title, box: [...g._bounding], titleHeight: g.titleHeight}));
   closeAll();
@@ -103,7 +106,7 @@ LOAD_JS = """(async () => {
 def layout_problems(r: dict) -> list[str]:
     """What breaks the layout rule in one loaded workflow, on the frontend's boxes (title bars included):
     the generator's geometric rule (layout.layout_problems), notes whose text does not fit, and the view on
-    load (every node on screen, text drawn, nothing under the minimap)."""
+    load (every node on screen, text drawn, nothing under the minimap or the Run toolbar)."""
     name = {b["id"]: f"{b['title'] or b['type']} (#{b['id']})" for b in r["boxes"]}
     problems = layout.layout_problems([(name[b["id"]], b["box"]) for b in r["boxes"]],
                                      [(g["title"], g["box"], g["titleHeight"]) for g in r["groups"]])
@@ -125,8 +128,9 @@ def layout_problems(r: dict) -> list[str]:
                   w * v["scale"], h * v["scale"]]
         if not layout.inside(screen, v["canvas"]):
             problems.append(f"{name[b['id']]} is outside the view on load")
-        if v["minimap"] and layout.overlap(screen, v["minimap"]) > 0:
-            problems.append(f"{name[b['id']]} is under the minimap in the view on load")
+        for what, rect in v["overlays"].items():
+            if layout.overlap(screen, rect) > 0:
+                problems.append(f"{name[b['id']]} is under the {what} in the view on load")
     return problems
 
 

@@ -48,7 +48,7 @@ K_SD3 = 526.0  # ModelSamplingDiscreteFlow, shift 3.0 (SD3 / SD3.5)
 POSITIVE = "a photograph of a lighthouse on a rocky coast at sunset, dramatic clouds, highly detailed, sharp focus"
 NEGATIVE = "blurry, lowres, watermark, text, deformed"
 SEED = 42
-BASE_W = 1110  # a note under the base nodes spans the base group (columns 0 to 2.2)
+BASE_W = 760  # a note under the base nodes spans the base group (columns 0 and 1)
 STAGES_W = 680  # a note under two stages spans them
 
 NOTE_CASCADE = """**Self-Cascade, tuning-free.** The Base Sampler makes the {base} px image. Each Self-Cascade Stage
@@ -130,15 +130,15 @@ def _base(g: Graph, ckpt: str, size: int, note: str, steps: int = 30, cfg: float
         pos = g.add("CLIPTextEncode", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text=POSITIVE)
         neg = g.add("CLIPTextEncode", "Negative Prompt", 1, 1, 400, clip=out(ck, 1), text=NEGATIVE)
     lat = g.add("EmptyLatentImage", "Base Latent", 0, 1, width=size, height=size, batch_size=1)
-    ks = g.add("KSampler", "Base Sampler", 2.2, 0, model=out(ck, 0), positive=out(pos), negative=out(neg),
+    ks = g.add("KSampler", "Base Sampler", 1, 2, 400, model=out(ck, 0), positive=out(pos), negative=out(neg),
                latent_image=out(lat), seed=SEED, steps=steps, cfg=cfg, sampler_name="euler", scheduler="normal",
                denoise=1.0)
-    g.group(f"Base {size}px", [ck, pos, neg, lat, ks, g.note(note_title, note, 0, 2, BASE_W)])
+    g.group(f"Base {size}px", [ck, pos, neg, lat, ks, g.note(note_title, note, 0, 3, BASE_W)])
     return ck, pos, neg, ks
 
 
 def _stages(g: Graph, ck, pos, neg, latent, sizes: list[int], ups=None, steps: int = 30, cfg: float = 7.5,
-            K: float = 700.0, scheduler: str = "normal", col: float = 3.3, strength=1.0):
+            K: float = 700.0, scheduler: str = "normal", col: float = 2.3, strength=1.0):
     prev = latent
     for i, size in enumerate(sizes):
         extra = {"upsamplers": out(ups)} if ups is not None else {}
@@ -168,11 +168,11 @@ def sd15_cascade_2048(upsamplers: bool = False) -> Graph:
                                                                     final="2048", docs=DOCS))
     # No SD1.5 set is published: the untrained node (no file) feeds both stages, its strength output
     # drives their strength (the widget keeps 0.5, the node's value, if the link is removed).
-    ups = g.add("SelfCascadeUntrainedUpsamplers", UNTRAINED_TITLE, 3.3, 1, model=out(ck, 0)) if upsamplers else None
+    ups = g.add("SelfCascadeUntrainedUpsamplers", UNTRAINED_TITLE, 2.3, 1, model=out(ck, 0)) if upsamplers else None
     last = _stages(g, ck, pos, neg, ks, [1024, 2048], ups, strength=out(ups, 1, shown=0.5) if ups else 1.0)
     members = _stage_nodes(g) + ([ups, g.note("Read me: EXPERIMENTAL untrained upsamplers; how to use a trained set",
-                                                      NOTE_UPSAMPLERS.format(docs=DOCS), 3.3, 2, STAGES_W)] if ups else [])
-    _finish(g, last, ck, f"self_cascade/{g.name}", 5.4, members)
+                                                      NOTE_UPSAMPLERS.format(docs=DOCS), 2.3, 2, STAGES_W)] if ups else [])
+    _finish(g, last, ck, f"self_cascade/{g.name}", 4.4, members)
     return g
 
 
@@ -181,11 +181,11 @@ def sdxl_cascade_4096() -> Graph:
     ck, pos, neg, ks = _base(g, SDXL_CKPT, 1024, NOTE_CASCADE.format(base="1024", sizes="1024 -> 2048 -> 4096",
                                                                      final="4096", docs=DOCS),
                              steps=30, cfg=7.0, sdxl=True)
-    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 3.3, 1, upsampler_name=OFFICIAL_UPSAMPLERS)
+    ups = g.add("SelfCascadeUpsamplerLoader", "Load Upsamplers", 2.3, 1, upsampler_name=OFFICIAL_UPSAMPLERS)
     last = _stages(g, ck, pos, neg, ks, [2048, 4096], ups, cfg=7.0)
     text = NOTE_SDXL.format(url=OFFICIAL_UPSAMPLERS_URL, repo=f"{HF}/NothingSpecialSiri/SelfCascade-SDXL")
-    note = g.note("Read me first: download upsampler_only.pth by hand (link inside)", text, 3.3, 2, STAGES_W)
-    _finish(g, last, ck, "self_cascade/sdxl_cascade_4096", 5.4, _stage_nodes(g) + [ups, note])
+    note = g.note("Read me first: download upsampler_only.pth by hand (link inside)", text, 2.3, 2, STAGES_W)
+    _finish(g, last, ck, "self_cascade/sdxl_cascade_4096", 4.4, _stage_nodes(g) + [ups, note])
     return g
 
 
@@ -223,11 +223,11 @@ def sd15_image_cascade_2048() -> Graph:
     pos = g.add("CLIPTextEncode", "Positive Prompt", 1, 0, 400, clip=out(ck, 1), text=POSITIVE)
     neg = g.add("CLIPTextEncode", "Negative Prompt", 1, 1, 400, clip=out(ck, 1), text=NEGATIVE)
     img = g.add("LoadImage", "Input Image", 0, 1, image="example.png")
-    enc = g.add("VAEEncode", "Encode Image", 2.2, 0, pixels=out(img), vae=out(ck, 2))
-    note = g.note("Read me: your image, choosing K", NOTE_IMAGE.format(docs=DOCS), 0, 2, BASE_W)
+    enc = g.add("VAEEncode", "Encode Image", 1, 2, 400, pixels=out(img), vae=out(ck, 2))
+    note = g.note("Read me: your image, choosing K", NOTE_IMAGE.format(docs=DOCS), 0, 3, BASE_W)
     g.group("Your image", [ck, pos, neg, img, enc, note])
     last = _stages(g, ck, pos, neg, enc, [1024, 2048], K=600.0)
-    _finish(g, last, ck, "self_cascade/sd15_image_cascade_2048", 5.4, _stage_nodes(g))
+    _finish(g, last, ck, "self_cascade/sd15_image_cascade_2048", 4.4, _stage_nodes(g))
     return g
 
 
@@ -243,13 +243,13 @@ def _flow(name: str, ckpt: str, note: str, guidance: float | None, cfg: float, s
     neg = g.add("CLIPTextEncode", "Negative Prompt", 1, 2, 400, clip=out(ck, 1),
                 text="" if guidance is not None else NEGATIVE)
     lat = g.add("EmptySD3LatentImage", "Base Latent", 0, 1, width=1024, height=1024, batch_size=1)
-    ks = g.add("KSampler", "Base Sampler", 2.2, 0, model=out(ck, 0), positive=out(cond), negative=out(neg),
+    ks = g.add("KSampler", "Base Sampler", 1, 3, 400, model=out(ck, 0), positive=out(cond), negative=out(neg),
                latent_image=out(lat), seed=SEED, steps=steps[0], cfg=cfg, sampler_name="euler", scheduler=scheduler,
                denoise=1.0)
-    g.group("Base 1024px", [*g.nodes, g.note(f"Read me: guidance, and K {K:g} for this model", note, 0, 2,
+    g.group("Base 1024px", [*g.nodes, g.note(f"Read me: guidance, and K {K:g} for this model", note, 0, 4,
                                              BASE_W)])
     last = _stages(g, ck, cond, neg, ks, [2048], steps=steps[1], cfg=cfg, K=K, scheduler=scheduler)
-    _finish(g, last, ck, f"self_cascade/{name}", 4.4, _stage_nodes(g))
+    _finish(g, last, ck, f"self_cascade/{name}", 3.4, _stage_nodes(g))
     return g
 
 
@@ -274,16 +274,16 @@ def composable_pivot_renoise() -> Graph:
     g = Graph("composable_pivot_renoise")
     ck, pos, neg, ks = _base(g, SD15_CKPT, 512, NOTE_COMPOSABLE.format(docs=DOCS),
                              note_title="Read me: one stage built from its parts")
-    piv = g.add("SelfCascadePivotUpsample", "Pivot Upsample (x2)", 3.3, 0, latent=out(ks), scale=2.0,
+    piv = g.add("SelfCascadePivotUpsample", "Pivot Upsample (x2)", 2.3, 0, latent=out(ks), scale=2.0,
                 upscale_method="bicubic", width=0, height=0)
-    ren = g.add("SelfCascadeRenoise", "Renoise to K", 3.3, 1, model=out(ck, 0), latent=out(piv), K=700.0,
+    ren = g.add("SelfCascadeRenoise", "Renoise to K", 2.3, 1, model=out(ck, 0), latent=out(piv), K=700.0,
                 noise_seed=SEED + 1, steps=30, scheduler="normal")
-    noise = g.add("DisableNoise", "No Extra Noise", 3.3, 2)
-    guider = g.add("CFGGuider", "Guider", 4.3, 0, model=out(ck, 0), positive=out(pos), negative=out(neg), cfg=7.5)
-    sampler = g.add("KSamplerSelect", "Sampler", 4.3, 1, sampler_name="euler")
-    adv = g.add("SamplerCustomAdvanced", "Stage 1: 1024px", 4.3, 2, noise=out(noise), guider=out(guider),
+    noise = g.add("DisableNoise", "No Extra Noise", 2.3, 2)
+    guider = g.add("CFGGuider", "Guider", 3.3, 0, model=out(ck, 0), positive=out(pos), negative=out(neg), cfg=7.5)
+    sampler = g.add("KSamplerSelect", "Sampler", 3.3, 1, sampler_name="euler")
+    adv = g.add("SamplerCustomAdvanced", "Stage 1: 1024px", 3.3, 2, noise=out(noise), guider=out(guider),
                 sampler=out(sampler), sigmas=out(ren, 1), latent_image=out(ren, 0))
-    _finish(g, adv, ck, "self_cascade/composable_pivot_renoise", 5.4, [piv, ren, noise, guider, sampler, adv])
+    _finish(g, adv, ck, "self_cascade/composable_pivot_renoise", 4.4, [piv, ren, noise, guider, sampler, adv])
     return g
 
 
