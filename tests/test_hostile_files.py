@@ -5,6 +5,7 @@ loader's file list (and a good file beside them) still works."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -125,7 +126,6 @@ def test_loader_list_and_a_good_file_survive_the_liars(pack, model_folder):
 
 _PROBE = r"""
 import json, resource, sys
-sys.path[:0] = json.loads(sys.argv[2])
 import hostenv
 hostenv.prepare_in_process()
 hostenv.load_pack()
@@ -133,7 +133,7 @@ import torch
 from self_cascade.upsampler.fileformat import UpsamplerFileError, load_upsamplers
 folder = sys.argv[1]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-for name in json.loads(sys.argv[3]):
+for name in json.loads(sys.argv[2]):
     try:
         load_upsamplers(folder + "/" + name)
     except UpsamplerFileError:
@@ -148,9 +148,10 @@ def test_lying_files_allocate_nothing_large(pack, tmp_path):
     """In a fresh process (so an earlier test's peak cannot hide it): loading every liar raises the
     peak resident memory by less than 64 MiB (the claims go up to 4 TiB)."""
     names = hostile_files(tmp_path)
-    paths = [str(REPO / "dev"), str(REPO / "tests")]
-    proc = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path), json.dumps(paths), json.dumps(list(names))],
-                          capture_output=True, text=True, timeout=300, cwd=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "dev"), str(REPO / "tests"),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(tmp_path), json.dumps(list(names))],
+                          capture_output=True, text=True, timeout=300, cwd=str(REPO), env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     grew = json.loads(proc.stdout.strip().splitlines()[-1])["grew_kib"]
     assert grew < 64 * 1024, f"peak memory grew by {grew / 1024:.0f} MiB"
