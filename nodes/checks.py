@@ -123,6 +123,12 @@ def check_conditioning(value, name: str) -> None:
                                "output (e.g. CLIP Text Encode).")
 
 
+def check_link(value, name: str, method: str, kind: str, source: str) -> None:
+    """A linked object that must offer ``method`` (a VAE's encode, a CLIP's tokenize); names the input otherwise."""
+    if not callable(getattr(value, method, None)):
+        raise SelfCascadeError(f"'{name}' is a {type(value).__name__}, not a {kind}; connect {source}.")
+
+
 def validate_stage(model, latent: dict, s, *, tuned: bool) -> tuple[torch.Tensor, tuple[int, int]]:
     """Every input check of a stage (``s`` is a StageSettings): the model-checked samples and the pivot size."""
     import comfy.samplers

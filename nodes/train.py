@@ -11,6 +11,7 @@ import os
 
 from comfy_api.latest import io
 
+from .checks import check_link
 from .common import CATEGORY, DEFAULT_END_TIMESTEP, DEFAULT_K, K_MAX, K_MIN, SEED_MAX, SelfCascadeError, Upsamplers
 from .managed import upsampler_patcher
 from .training import TrainConfig, preflight, save_path_for, train_upsamplers
@@ -114,6 +115,12 @@ class SelfCascadeTrainUpsamplers(io.ComfyNode):
         from .training.data import TrainingImages, load_folder
         from .training.identity import finished_run, run_id
 
+        check_link(vae, "vae", "encode", "VAE", "the checkpoint loader's VAE output")
+        if clip is not None:
+            check_link(clip, "clip", "tokenize", "CLIP", "the checkpoint loader's CLIP output")
+        if conditioning is not None and not isinstance(conditioning, (list, tuple)):
+            raise SelfCascadeError(f"'conditioning' is a {type(conditioning).__name__}, not a CONDITIONING; connect a "
+                                   "text encoder's output (e.g. CLIP Text Encode), or one per image.")
         save_path = save_path_for(save_name, model_folder_path())
         data = TrainingImages()
         if images is not None:
