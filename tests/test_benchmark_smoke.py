@@ -303,6 +303,41 @@ def test_captioned_model_starts_unconditional_and_reads_the_caption(pack):
     assert torch.equal(m.extra_conds(noise=x)["y"].cond, torch.zeros(1, scenes.CAPTION_DIM))  # no caption: null
 
 
+def test_captioned_fine_tuning_and_lora_train_on_their_renders_captions(pack, monkeypatch):
+    """evaluate.py --caption's full fine-tuning and LoRA (ComfyUI's trainer) get one caption per training
+    render, in the renders' order (their colours match), a fixed share null; the UNet sees them as ``y``."""
+    from self_cascade.benchmark.miniature import metrics, scenes
+    from self_cascade.benchmark.miniature import model as bm
+    from self_cascade.benchmark.miniature import training as tr
+
+    b, hw = scenes.BASE_SHORT_SIDE, (32, 32)
+    caps = tr.ft_captions(24, hw)
+    renders = scenes.from_latent(tr.ft_latents(24, hw))
+    assert caps.shape == (48, scenes.CAPTION_DIM) and metrics.caption_colour_match(renders, caps, (b, b)) > 0.9
+    dropped = tr.ft_captions(24, hw, dropout=0.5)
+    null = dropped.sum(1) == 0
+    assert 10 < int(null.sum()) < 38 and torch.equal(dropped[~null], caps[~null])
+    _, ft_pos, kw = tr.caption_conds(2, 0.0, 5.0)
+    assert kw["caption_dropout"] == 0.0 and torch.equal(kw["empty"][0][1]["pooled_output"], torch.zeros(1, scenes.CAPTION_DIM))
+    seen = []
+    load = bm.load_base_model
+
+    def recording(path):
+        mp = load(path)
+        mp.set_model_unet_function_wrapper(lambda f, a: seen.append(a["c"]["y"].clone()) or f(a["input"],
+                                           a["timestep"], **a["c"]))
+        return mp
+
+    monkeypatch.setattr(tr.bm, "load_base_model", recording)
+    own = tr.ft_captions(2, hw)
+    for train in (tr.train_full, tr.train_lora):
+        seen.clear()
+        train(bm.CAPTION_WEIGHTS, ft_pos(hw), [2], hw=hw, n_images=2, lr=1e-4, batch=2)
+        assert seen, train.__name__
+        for y in seen:
+            assert all(any(torch.equal(row, c) for c in own) for row in y), (train.__name__, y)
+
+
 def _recipe_row(iou, swd_sets, ones=48):
     from self_cascade.benchmark.miniature.scoring import pool
 
@@ -355,6 +390,35 @@ def test_recipes_quick_smoke(tmp_path, pack):
     modes = {r: i["method"] for r, i in data["training"].items()}
     assert "pivot generated, t in (0, 999]" in modes["T gen/all"] and "pivot downsample, t in (100, 700]" in modes["T gt/K"]
     assert (tmp_path / "grid_16x.png").stat().st_size > 0
+
+
+def test_evaluate_caption_quick_smoke(tmp_path, pack):
+    """evaluate.py --caption --quick: the captioned model at cfg 5, T (gt/K with caption dropout), full
+    fine-tuning and LoRA trained with the same budgets and scored per budget from step 0, the
+    steps-to-quality verdicts and plot; --caption with the unconditional weights is refused."""
+    import json
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "dev"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, str(REPO / "benchmark" / "evaluate.py"), "--caption", "--quick", "--samples", "2",
+           "--sweep-targets", "--no-official", "--threads", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["args"]["cfg"] == "5.0" and data["args"]["weights"].endswith("base_caption.safetensors")
+    res = data["results"]["4x"]
+    assert "caption_match" in res["rows"]["Self-Cascade T (trained)"]  # scored against the captions asked for
+    assert {m: sorted(d) for m, d in res["steps"].items()} == dict.fromkeys(("T", "Full fine-tuning", "LoRA"),
+                                                                            ["0", "2", "4"])
+    t = data["training"]["T"]
+    assert t["caption_dropout"] == 0.1 and "pivot downsample, t in (100, 700]" in t["method"]
+    table = (tmp_path / "table.md").read_text()
+    assert "cfg 5 (captioned model base_caption.safetensors" in table
+    assert len(re.findall(r"T reaches full fine-tuning's best \w+ .*: (MET|MISSED|NOT TESTABLE) \(", table)) == 4
+    assert (tmp_path / "steps_to_quality_4x.png").stat().st_size > 0
+    wrong = subprocess.run([*cmd[:3], "--weights", str(REPO / "benchmark" / "weights" / "base.safetensors"),
+                            *cmd[3:]], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert wrong.returncode != 0 and "needs the captioned base model" in wrong.stderr
 
 
 def test_recipes_merge_joins_parts_by_seed_and_row_group(tmp_path, pack):

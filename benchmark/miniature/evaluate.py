@@ -5,6 +5,7 @@
 
 A miniature on a 1 M-parameter pixel-space model trained by benchmark/train_base.py on procedural
 scenes, in SD's noise regime (data std about 1 in the sampler's space) - not Stable Diffusion.
+``--caption``: the captioned model at cfg 5, each seed asking for a real scene's caption (training.caption_conds).
 Rows (rows.py) go through ComfyUI's own code paths and the pack's ``cascade_stage``; trained rows
 (training.py: T through the pack's training core, full fine-tuning and LoRA through ComfyUI's own
 training loop / LoRA trainer) are trained in this run with the same step budgets, snapshots at each
@@ -57,25 +58,28 @@ def train_all(S: Sampling, args, workdir: Path) -> dict:
     """Every trained row, with snapshots at the same step budgets (training/ module docstring)."""
     budgets, c = args.budgets, time.process_time()
     out = {"fresh": tr.fresh_set(S.model, args.variant, args.variant_size)}
-    out["t"], out["t_info"] = tr.train_t(S.model, S.pos, budgets, n_images=args.train_images, lr=args.train_lr,
+    t_pos, ft_pos, kw = S.pos, lambda hw: S.pos, {}
+    if args.caption:  # one caption per training image; the null caption for dropout
+        t_pos, ft_pos, kw = tr.caption_conds(args.train_images, args.caption_dropout, args.cfg)
+    out["t"], out["t_info"] = tr.train_t(S.model, t_pos, budgets, n_images=args.train_images, lr=args.train_lr,
                                          batch=args.train_batch, variant=args.variant,
                                          variant_size=args.variant_size, workdir=workdir,
-                                         save_path=args.save_upsamplers)
+                                         save_path=args.save_upsamplers, **kw)
     print(f"  T trained: cpu {time.process_time() - c:.0f}s", flush=True)
     if args.official:  # the official layout (two full-width ResBlocks per tap): its final budget only
         (workdir / "official").mkdir()
-        snaps, out["t_off_info"] = tr.train_t(S.model, S.pos, [max(budgets)], n_images=args.train_images,
+        snaps, out["t_off_info"] = tr.train_t(S.model, t_pos, [max(budgets)], n_images=args.train_images,
                                               lr=args.train_lr, batch=args.train_batch, variant="official",
-                                              variant_size=0, workdir=workdir / "official")
+                                              variant_size=0, workdir=workdir / "official", **kw)
         out["t_off"] = snaps[max(budgets)]
         print(f"  T official size trained: cpu {time.process_time() - c:.0f}s", flush=True)
     out["ft"], out["lora"] = {}, {}
     for name in args.ft_targets:
         hw = TARGETS[name][1]
-        out["ft"][name] = tr.train_full(args.weights, S.pos, budgets, hw=hw, n_images=args.train_images,
+        out["ft"][name] = tr.train_full(args.weights, ft_pos(hw), budgets, hw=hw, n_images=args.train_images,
                                         lr=args.ft_lr, batch=args.train_batch)
         print(f"  full FT {name}: cpu {time.process_time() - c:.0f}s", flush=True)
-        out["lora"][name] = tr.train_lora(args.weights, S.pos, budgets, hw=hw, n_images=args.train_images,
+        out["lora"][name] = tr.train_lora(args.weights, ft_pos(hw), budgets, hw=hw, n_images=args.train_images,
                                           lr=args.lora_lr, batch=args.train_batch, rank=args.lora_rank)
     return out
 
@@ -92,7 +96,10 @@ def evaluate_target(S: Sampling, name: str, args, trained: dict) -> dict:
         steps = {m: {b: [] for b in [0, *args.budgets]} for m in ("T", "Full fine-tuning", "LoRA")}
     base_counts, grid = [], None
     for si, seed in enumerate(args.seed_sets):
-        real = scenes.render(scenes.sample_scenes(n, 10_000 + seed, aspect), *target)
+        real_sc = scenes.sample_scenes(n, 10_000 + seed, aspect)
+        real, caption = scenes.render(real_sc, *target), scenes.captions(real_sc) if args.caption else None
+        if args.caption:  # each seed asks for the caption of one real scene (as recipes.py)
+            S.pos, S.neg = bm.caption_cond(caption), bm.caption_cond(torch.zeros_like(caption))
         real_ref = scenes.render(scenes.sample_scenes(max(n, 64), 20_000 + seed, aspect), *target)
         base_lat, t_base = timed(S.base, n, base_hw, seed)
         base_img = scenes.from_latent(base_lat)
@@ -119,7 +126,7 @@ def evaluate_target(S: Sampling, name: str, args, trained: dict) -> dict:
             lat[LORA], times[LORA] = timed(S.direct, n, target, seed, mp)
         images = {k: scenes.from_latent(v) for k, v in lat.items()}
         images[REAL] = real
-        common = dict(base_img=base_img, real=real, real_ref=real_ref, seed=seed)
+        common = dict(base_img=base_img, real=real, real_ref=real_ref, seed=seed, caption=caption)
         for row in ROWS:
             if row in images:
                 per_row[row].append(score_set(images[row], uses_base=row in USES_BASE, times=times.get(row), **common))
@@ -193,10 +200,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--save-upsamplers", type=Path, default=None, help="also save the trained T set here")
     ap.add_argument("--grid-cols", type=int, default=6)
     ap.add_argument("--out", default=None)
-    ap.add_argument("--weights", default=str(bm.WEIGHTS), help="base model safetensors")
+    ap.add_argument("--weights", default=None, help="base model safetensors (default: the committed one)")
+    ap.add_argument("--caption", action="store_true", help="the captioned base model at --cfg (module docstring)")
+    ap.add_argument("--cfg", type=float, default=None, help="cfg of every sampling call (default 1; --caption: 5)")
+    ap.add_argument("--caption-dropout", type=float, default=0.1, help="--caption: share of null training captions")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     quick = args.quick
+    args.weights = args.weights or str(bm.CAPTION_WEIGHTS if args.caption else bm.WEIGHTS)
+    args.cfg = args.cfg if args.cfg is not None else 5.0 if args.caption else 1.0
     args.targets = args.targets or (["4x"] if quick else list(TARGETS))
     args.samples = args.samples or (4 if quick else 16)
     args.seed_sets = args.seed_sets or ([0] if quick else [0, 1000, 2000])
@@ -217,7 +229,9 @@ def main(argv=None) -> dict:
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     model = bm.load_base_model(args.weights)
-    S = Sampling(model, bm.positive(), bm.negative(), args.steps)
+    if args.caption != bm.is_captioned(model.model.diffusion_model.state_dict()):
+        raise SystemExit(f"{args.weights}: --caption needs the captioned base model, and only it")
+    S = Sampling(model, bm.positive(), bm.negative(), args.steps, cfg=args.cfg)
     S.base(2, (scenes.BASE_SHORT_SIDE,) * 2, 0)  # warm-up: first-call costs stay out of the timings
     print(f"[{time.perf_counter() - t0:.0f}s, cpu {time.process_time():.0f}s] set up; training", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:

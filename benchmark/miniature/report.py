@@ -146,7 +146,10 @@ def write_table(path: Path, results: dict, training: dict, command: str, args: d
     lines = ["# Self-Cascade benchmark (miniature: a ~1 M-parameter pixel-space UNet on procedural scenes, not SD)",
              "", f"Command: `{command}`", "",
              f"Total wall time {total:.0f} s (training {t_train:.0f} s), {args['threads']} threads. Seed sets "
-             f"{args['seed_sets']} x {args['samples']} samples; sampler euler/normal, {args['steps']} steps, cfg 1.",
+             f"{args['seed_sets']} x {args['samples']} samples; sampler euler/normal, {args['steps']} steps, "
+             f"cfg {args.get('cfg', 1.0):g}"
+             + (f" (captioned model {Path(args['weights']).name}: each seed asks for one real scene's caption)."
+                if args.get("caption") else "."),
              "", "## Goals (judged from this run's numbers)", "", *goals(results), ""]
     for name, res in results.items():
         (bh, bw), (th, tw) = res["base"], res["target"]

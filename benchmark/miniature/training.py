@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -49,6 +50,28 @@ def ft_latents(n: int, hw: tuple[int, int]) -> torch.Tensor:
     """Training latents for full fine-tuning / LoRA at the target size (2n renders: T's image count)."""
     aspect = hw[1] / hw[0]
     return scenes.to_latent(scenes.render(scenes.sample_scenes(2 * n, FT_SCENES_SEED, aspect), *hw))
+
+
+def ft_captions(n: int, hw: tuple[int, int], dropout: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Captions of ``ft_latents(n, hw)``'s renders, in order; a fixed ``dropout`` share of them null for
+    the whole run (ComfyUI's trainer has no caption dropout; T's core draws it per step instead)."""
+    caps = scenes.captions(scenes.sample_scenes(2 * n, FT_SCENES_SEED, hw[1] / hw[0]))
+    caps[torch.rand(len(caps), generator=torch.Generator().manual_seed(seed)) < dropout] = 0.0
+    return caps
+
+
+def caption_conds(n_images: int, dropout: float, cfg: float) -> tuple[list, Callable[[tuple], list], dict]:
+    """Training conditionings on the captioned model: T's CONDITIONING per image (``t_images``), FT/LoRA's
+    conditioning list at a target size (one entry per ``ft_latents`` image), and ``train_t``'s keywords
+    (the null caption for dropout and as the negative of generated pivots at ``cfg``)."""
+    t_pos = [bm.caption_cond(c[None]) for c in t_captions(n_images)]
+
+    def ft_pos(hw: tuple) -> list:
+        return [bm.caption_cond(c[None])[0] for c in ft_captions(n_images, hw, dropout)]
+
+    kw = {"empty": bm.caption_cond(torch.zeros(1, scenes.CAPTION_DIM)), "caption_dropout": dropout,
+          "generated_cfg": cfg}
+    return t_pos, ft_pos, kw
 
 
 def fresh_set(model, variant: str = "light", size: int = 32, seed: int = 0):
