@@ -21,12 +21,11 @@ from ..upsampler.modules import UpsamplerSet
 from ..upsampler.taps import derive_taps, emb_dim, is_unet
 from .common import DEFAULT_END_TIMESTEP, PACK_KEY, SelfCascadeError
 from .managed import as_patcher, upsampler_set
-from .regions import pair_pivot
 from .timesteps import model_sampling_of, model_timestep
-from .wrapper import UpsamplerWrapper, model_emb, pivot_features
+from .wrapper import UpsamplerWrapper
 
 __all__ = ["TrainingPatch", "UpsamplerInjection", "apply_upsamplers", "check_unet", "install", "make_wrapper",
-           "model_emb", "model_family", "pair_pivot", "pivot_features"]
+           "model_family"]
 
 
 def model_family(model) -> str:
@@ -130,5 +129,5 @@ class TrainingPatch:
         return install(model, wrapper)
 
 
-#: The earlier name of :class:`TrainingPatch` (benchmark scripts use it).
+#: The earlier name of :class:`TrainingPatch`, kept for Python callers of the documented API (docs/NODES.md).
 UpsamplerInjection = TrainingPatch

@@ -29,7 +29,7 @@ def sampler_steps(model, side: int, steps: int, cfg: float, cond, uncond, device
 def pivot_pass_seconds(model, uset, spec: dict, side: int, device: Device, repeats: int) -> float:
     """Seconds of one pivot pass (the patch's frozen UNet work on the half-size pivot), batch 2."""
     import torch
-    from self_cascade.nodes.patch import model_emb, pivot_features
+    from self_cascade.nodes.wrapper import model_emb, pivot_features
 
     from .models import unet_inputs
 

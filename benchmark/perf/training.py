@@ -87,7 +87,7 @@ def _measure(spec: dict, method: str, side: int, checkpointing: bool, steps: int
     import contextlib
 
     import torch
-    from self_cascade.nodes.patch import UpsamplerInjection, model_family
+    from self_cascade.nodes.patch import TrainingPatch, model_family
     from self_cascade.upsampler.modules import UpsamplerSet
     from self_cascade.upsampler.taps import derive_taps, emb_dim
 
@@ -100,11 +100,11 @@ def _measure(spec: dict, method: str, side: int, checkpointing: bool, steps: int
     unet = base.diffusion_model
     unet.requires_grad_(method == "full")
     opts: dict = {}
-    inj = None
+    patch = None
     if method in ("official", "light"):
         uset = UpsamplerSet.create(derive_taps(unet), emb_dim(unet), model_family(model), method).to(dev)
-        inj = UpsamplerInjection(uset, torch.zeros(1, 4, side // 2, side // 2), 1.0, 100.0, dtype=torch.float32)
-        opts = {"wrappers": inj.install(model).wrappers}  # what prepare_model_patcher merges in
+        patch = TrainingPatch(uset, torch.zeros(1, 4, side // 2, side // 2), 1.0, 100.0, dtype=torch.float32)
+        opts = {"wrappers": patch.install(model).wrappers}  # what prepare_model_patcher merges in
         params = list(uset.parameters())
     elif method == "full":
         params = list(unet.parameters())
@@ -120,8 +120,8 @@ def _measure(spec: dict, method: str, side: int, checkpointing: bool, steps: int
 
     def step() -> float:
         x0 = torch.randn(1, 4, side, side, generator=g, device=dev)
-        if inj is not None:
-            inj.pivot = torch.randn(1, 4, side // 2, side // 2, generator=g, device=dev)
+        if patch is not None:
+            patch.pivot = torch.randn(1, 4, side // 2, side // 2, generator=g, device=dev)
         t = torch.randint(101, 701, (1,), generator=g, device=dev).float()
         sigma = ms.sigma(t)
         noise = torch.randn(x0.shape, generator=g, device=dev)

@@ -71,7 +71,7 @@ NOTE_UPSAMPLERS = """**EXPERIMENTAL: untrained upsamplers, unverified on Stable 
 Untrained Upsamplers builds a fresh set for this checkpoint's UNet (each upsampler is exactly a
 nearest x2 upsample), so both stages add the pivot's own UNet features, nearest-upsampled, to the
 high-resolution sample. Its **strength** output (0.5, chosen on a miniature benchmark, not on SD)
-drives both stages; 0 = tuning-free. **end_timestep** (100): the injection stops below this timestep.
+drives both stages; 0 = tuning-free. **end_timestep** (100): the upsamplers stop below this timestep.
 
 For the paper's tuned version, train a set: the `train_upsamplers` workflow, or for large folders
 [scripts/train_upsamplers.py]({docs}/TRAINING.md). Put the `.safetensors` into
